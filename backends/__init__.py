@@ -1,0 +1,1 @@
+"""Code generation per target: fused groups to kernel IR to LLVM IR or CUDA C."""
