@@ -54,6 +54,9 @@ class Law(enum.Enum):
 
 InferFn = Callable[..., TensorType | tuple[TensorType, ...]]
 ReferenceFn = Callable[..., np.ndarray | tuple[np.ndarray, ...]]
+DecomposeFn = Callable[..., Any]
+"""`decompose(builder, *input_values, **attrs)` appends simpler ops to an `ir.GraphBuilder`
+and returns the output value(s)."""
 FlopsFn = Callable[[tuple[TensorType, ...], tuple[TensorType, ...], Attributes], int]
 
 
@@ -67,7 +70,8 @@ class OpDef:
     inputs: tuple[str, ...]
     """Input names; `name?` is optional (only trailing ones), `*name` takes any number (>= 1)."""
     infer: InferFn
-    reference: ReferenceFn
+    reference: ReferenceFn | None
+    """The numpy semantics; `None` for a composite op whose `decompose` defines it."""
     attrs: tuple[Attr, ...] = ()
     dtypes: frozenset[DType] = ALL_DTYPES
     """The element types the (first) input may have; `infer` checks the rest."""
@@ -76,11 +80,16 @@ class OpDef:
     """FLOPs per output element, for ops where that is the whole story."""
     flops: FlopsFn | None = None
     """FLOPs of one application, for ops where it is not proportional to the output."""
+    decompose: DecomposeFn | None = None
+    """The op written with simpler ops, for composite ops (attention) that the interpreter
+    expands and that a backend without a kernel for them can lower."""
     doc: str = ""
     attr_index: Mapping[str, Attr] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attr_index", {a.name: a for a in self.attrs})
+        if self.reference is None and self.decompose is None:
+            raise ValueError(f"op {self.name!r} needs a reference or a decomposition")
 
     @property
     def variadic(self) -> bool:
@@ -119,8 +128,19 @@ class OpDef:
         return result if isinstance(result, tuple) else (result,)
 
     def run_reference(self, arrays: list[np.ndarray], attrs: Attributes) -> tuple[np.ndarray, ...]:
-        result = self.reference(*arrays, **attrs)
-        return result if isinstance(result, tuple) else (result,)
+        """The op's numpy semantics: its reference, or else its decomposition interpreted."""
+        if self.reference is not None:
+            result = self.reference(*arrays, **attrs)
+            return result if isinstance(result, tuple) else (result,)
+        from ir.builder import GraphBuilder  # the table is imported by the builder
+        from ir.interpreter import run
+        from ir.types import tensor_type_of
+
+        builder = GraphBuilder(f"{self.name}_expanded")
+        inputs = [builder.input(f"in{i}", tensor_type_of(a)) for i, a in enumerate(arrays)]
+        outputs = self.decompose(builder, *inputs, **attrs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return tuple(run(builder.build(*outputs), arrays))
 
     def cost_flops(
         self, input_types: tuple[TensorType, ...], output_types: tuple[TensorType, ...], attrs: Attributes
