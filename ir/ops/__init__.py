@@ -9,6 +9,7 @@ from ir.ops import (  # noqa: F401  (imported to register their ops)
     elementwise,
     movement,
     normalization,
+    pooling,
     reduction,
     source,
 )

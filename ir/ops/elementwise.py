@@ -23,7 +23,7 @@ _erf = np.frompyfunc(math.erf, 1, 1)  # numpy has no erf; math.erf is exact to d
 
 
 def erf(x: np.ndarray) -> np.ndarray:
-    return _erf(x).astype(x.dtype if x.dtype.kind == "f" else np.float64)
+    return np.asarray(_erf(x), dtype=np.float64).astype(x.dtype if x.dtype.kind == "f" else np.float64)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -32,6 +32,11 @@ def broadcast_shapes(op: str, *shapes: Shape) -> Shape:
     return tuple(result)
 
 
+def broadcasts_to(shape: Shape, target: Shape) -> bool:
+    """Whether numpy broadcasting stretches `shape` to exactly `target` (an epilogue operand)."""
+    return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
+
+
 def same_dtype(op: str, *types: TensorType) -> DType:
     """The one dtype all `types` share; the IR never promotes implicitly (frontends cast)."""
     dtypes = {t.dtype for t in types}
