@@ -7,7 +7,6 @@ made it, with the node quoted.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,16 +14,14 @@ import numpy as np
 
 from ir.dtype import DType
 from ir.errors import ShapeError
-from ir.graph import Graph, Node, Value
+from ir.graph import Graph, Node, Value, is_identifier
 from ir.ops import get_op
 from ir.types import TensorType, tensor_type_of
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*$")
 
 
 def check_name(name: str, what: str) -> str:
     """Names of inputs and constants appear in the text form, so they must be identifiers."""
-    if not _NAME.match(name):
+    if not is_identifier(name):
         raise ValueError(f"{what} name {name!r} is not an identifier ([A-Za-z_][A-Za-z0-9_.]*)")
     return name
 

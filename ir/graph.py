@@ -12,6 +12,7 @@ until CSE says otherwise.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,6 +22,13 @@ import numpy as np
 
 from ir.attributes import Attributes
 from ir.types import TensorType
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def is_identifier(name: str) -> bool:
+    """Whether `name` can name an input, constant or graph in the text form."""
+    return bool(_IDENTIFIER.match(name))
 
 
 @dataclass(frozen=True, slots=True, eq=False)

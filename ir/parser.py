@@ -191,9 +191,11 @@ class _Parser:
         while self.peek().text != "return":
             statements.append(self.statement())
         return_token = self.expect("return")
-        result_tokens = [self.expect_kind("value", "a returned value")]
-        while self.accept(","):
+        result_tokens = []
+        if self.peek().text != "}":
             result_tokens.append(self.expect_kind("value", "a returned value"))
+            while self.accept(","):
+                result_tokens.append(self.expect_kind("value", "a returned value"))
         self.expect("}")
         constants = self.constants() if self.peek().text == "constants" else {}
         end = self.next()

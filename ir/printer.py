@@ -27,7 +27,7 @@ import numpy as np
 
 from ir.dtype import DType
 from ir.graph import Graph, Node, Value
-from ir.ops import get_op
+from ir.ops import OPS
 from ir.types import TensorType
 
 
@@ -41,11 +41,12 @@ def value_names(graph: Graph) -> dict[Value, str]:
     counter = 0
     for node in graph.nodes:
         for value in node.outputs:
-            if node.op == "const" and node.attrs["name"] not in taken:
-                name = node.attrs["name"]
+            constant = node.attrs.get("name") if node.op == "const" else None
+            if isinstance(constant, str) and constant not in taken:
+                name = constant
             else:
                 name, counter = str(counter), counter + 1
-            names[value] = name
+            names.setdefault(value, name)  # a value defined twice keeps its first name
             taken.add(name)
     return names
 
@@ -65,11 +66,14 @@ def format_attr_value(value: Any) -> str:
 
 
 def format_attrs(node: Node) -> str:
-    declared = get_op(node.op).attr_index
+    """Attributes that differ from their op's defaults; all of them for ops or attributes the
+    table does not know (the verifier prints such broken nodes in its messages)."""
+    definition = OPS.get(node.op)
+    declared = definition.attr_index if definition else {}
     shown = [
         f"{name}={format_attr_value(value)}"
         for name, value in node.attrs.items()
-        if not declared[name].is_default(value, node.op)
+        if name not in declared or not declared[name].is_default(value, node.op)
     ]
     return " {" + ", ".join(shown) + "}" if shown else ""
 
@@ -83,11 +87,12 @@ def print_node(node: Node, names: Mapping[Value, str]) -> str:
     lhs = ", ".join(ref(v) for v in node.outputs)
     types = ", ".join(str(v.type) for v in node.outputs)
     if node.op == "const":
-        text = f"{lhs} = const @{node.attrs['name']} : {types}"
+        text = f"{lhs} = const @{node.attrs.get('name', '?')} : {types}"
     else:
         text = f"{lhs} = {node.op}({', '.join(ref(v) for v in node.inputs)}){format_attrs(node)} : {types}"
-    if node.source:
-        text += "    # " + " ".join(node.source.split())
+    source = " ".join((node.source or "").split())  # one line; blank means none
+    if source:
+        text += "    # " + source
     return text
 
 
@@ -106,7 +111,8 @@ def format_constant(array: np.ndarray, max_elements: int | None = None) -> str:
     """The data of a constant: a flat list, `splat(v)`, or a note that it was elided."""
     dtype = DType.from_numpy(array.dtype)
     flat = array.reshape(-1)
-    if flat.size > 1 and (flat == flat[0]).all():
+    # Compared as bytes: == would find -0.0 equal to 0.0 and nan unequal to itself.
+    if flat.size > 1 and flat.tobytes() == flat[:1].tobytes() * flat.size:
         return f"splat({format_scalar(flat[0], dtype)})"
     if max_elements is not None and flat.size > max_elements:
         return f"<{flat.size} elements elided>"

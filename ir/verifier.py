@@ -11,7 +11,7 @@ import numpy as np
 
 from ir.dtype import DType
 from ir.errors import KilnError, VerificationError
-from ir.graph import Graph, Node, Value
+from ir.graph import Graph, Node, Value, is_identifier
 from ir.ops import OPS
 from ir.printer import print_node, value_names
 from ir.types import TensorType
@@ -35,8 +35,12 @@ def find_problems(graph: Graph) -> list[str]:
             problems.append(f"%{names.get(value, '?')} is defined twice (values are SSA): {where}")
         defined.add(value)
 
+    input_names: set[str] = set()
     for value in graph.inputs:
         define(value, f"input %{value.name}")
+        if not is_identifier(value.name) or value.name in input_names:
+            problems.append(f"input %{value.name}: input names must be distinct identifiers")
+        input_names.add(value.name)
     every_output = {v for node in graph.nodes for v in node.outputs}
     for node in graph.nodes:
         text = print_node(node, names)
@@ -69,7 +73,10 @@ def _check_node(graph: Graph, node: Node) -> list[str]:
         array = graph.constants.get(node.attrs["name"])
         if array is None:
             return [f"constant @{node.attrs['name']} is not in the graph's constants"]
-        inferred = (TensorType(np.shape(array), DType.from_numpy(array.dtype)),)
+        try:
+            inferred = (TensorType(np.shape(array), DType.from_numpy(array.dtype)),)
+        except TypeError as error:
+            return [f"constant @{node.attrs['name']}: {error}"]
     else:
         try:
             inferred = definition.infer_types(tuple(v.type for v in node.inputs), attrs)
