@@ -22,7 +22,7 @@ import numpy as np
 from ir.attributes import Attributes
 from ir.dtype import LOW_PRECISION_FLOATS, DType
 from ir.errors import InterpreterError
-from ir.graph import Graph, Value
+from ir.graph import Graph, Node, Value
 from ir.ops import get_op
 from ir.types import TensorType
 
@@ -48,13 +48,19 @@ def run_all(
             with np.errstate(all="ignore"):
                 try:
                     results = definition.run_reference(arrays, attrs)
-                except Exception as error:  # a reference that fails is a bug in the op table
-                    raise InterpreterError(f"{node.op}: reference failed: {error!r}") from error
+                except (IndexError, ValueError) as error:  # data the op cannot take, e.g. an index out of range
+                    raise InterpreterError(f"{_quote(graph, node)}: {error}") from error
         if len(results) != len(node.outputs):
             raise InterpreterError(f"{node.op}: reference gave {len(results)} results for {len(node.outputs)} outputs")
         for value, result in zip(node.outputs, results):
             env[value] = _to_declared(np.asarray(result), value.type, oracle, node.op)
     return env
+
+
+def _quote(graph: Graph, node: Node) -> str:
+    from ir.printer import print_node, value_names
+
+    return print_node(node, value_names(graph))
 
 
 def storage_dtype(dtype: DType, oracle: bool) -> np.dtype:

@@ -1,0 +1,73 @@
+"""`irdump FILE.kiln`: verifies and prints a text-form graph with a summary."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import ir
+from compiler.irdump import main
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mlp.kiln"
+
+
+def test_prints_a_parsed_file_identical_to_its_normalised_input(tmp_path, capsys):
+    text = EXAMPLE.read_text()
+    assert main([str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    graph_text, summary = out.rsplit("\n# ", 1)
+    assert graph_text.strip() == ir.print_graph(ir.parse_graph(text)).strip()
+    assert "nodes" in summary and "FLOPs" in summary and "constants" in summary
+    # The printed graph is itself a valid input, printed identically (the normal form is a fixpoint).
+    again = tmp_path / "again.kiln"
+    again.write_text(out)
+    assert main([str(again)]) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_unnormalised_input_is_normalised(tmp_path, capsys):
+    path = tmp_path / "messy.kiln"
+    path.write_text(
+        "graph @g(%x: f32[2]) -> (f32[2]) {\n"
+        "  %a = const @c : f32[2]\n"
+        "  %y =   relu(%x) {}   : f32[2]  # from a.py:1\n"
+        "  %z = add(%y, %a) : f32[2]\n"
+        "  return %z\n}\nconstants { @c : f32[2] = [1, 2.50] }\n"
+    )
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  %0 = relu(%x) : f32[2]    # from a.py:1\n" in out
+    assert "@c : f32[2] = [1.0, 2.5]" in out
+
+
+def test_summary_counts(capsys):
+    assert main([str(EXAMPLE), "--summary-only"]) == 0
+    summary = capsys.readouterr().out
+    graph = ir.parse_graph(EXAMPLE.read_text())
+    constant_bytes = sum(a.nbytes for a in graph.constants.values())
+    assert summary.startswith(f"# {len(graph.nodes)} nodes (")
+    assert f"{len(graph.constants)} constants" in summary
+    assert constant_bytes > 0 and np.isfinite(constant_bytes)
+
+
+def test_errors_exit_non_zero_with_the_location(tmp_path, capsys):
+    path = tmp_path / "bad.kiln"
+    path.write_text("graph @g(%x: f32[2]) -> (f32[2]) {\n  %0 = relu(%y) : f32[2]\n  return %0\n}\n")
+    assert main([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "line 2, column 13: %y is used before it is defined" in err
+    assert main([str(tmp_path / "missing.kiln")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main([str(tmp_path / "model.onnx")]) == 2
+
+
+def test_console_script_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "compiler.irdump", str(EXAMPLE), "--summary-only"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# ")
