@@ -1,4 +1,4 @@
-"""Kiln's public API: compile a PyTorch module or an ONNX model for a target, and the
+"""Kiln's public API: `compile` a PyTorch module or an ONNX model for a target, and the
 `irdump` command line.
 
 `import compiler` stays light: torch, onnx and pycuda are imported by the functions that
@@ -6,5 +6,6 @@ need them, never here.
 """
 
 from compiler import errors
+from compiler.api import CompiledModel, compile
 
-__all__ = ["errors"]
+__all__ = ["CompiledModel", "compile", "errors"]

@@ -1,8 +1,14 @@
 """Every error Kiln raises on purpose, in one place for users to catch.
 
-Each layer defines the errors it raises where it raises them (the `ir` package cannot import
-this one); this module gathers them. Catch `KilnError` for all of them.
+Each layer defines the errors it raises where it raises them (`ir` cannot import this
+package); this module re-exports those and defines the errors of the compiler itself. Catch
+`KilnError` for all of them. Every message says what was wrong, where, and what to do.
 """
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
 
 from ir.errors import (
     InterpreterError,
@@ -14,12 +20,72 @@ from ir.errors import (
     VerificationError,
 )
 
+
+@dataclass(frozen=True)
+class UnsupportedOp:
+    """One node of a model that Kiln cannot import."""
+
+    op: str
+    """The op as the model names it: `aten.foo.default`, or an ONNX `domain::OpType`."""
+    node: str
+    """The node's name in the model."""
+    source: str | None = None
+    """Where it came from: the model's source line (torch) or None."""
+
+
+class UnsupportedOperatorError(KilnError):
+    """A model uses ops Kiln cannot import. Lists all of them at once, with counts and where
+    each occurs, so one run tells the user everything that is missing."""
+
+    def __init__(self, frontend: str, unsupported: list[UnsupportedOp]) -> None:
+        self.frontend = frontend
+        self.unsupported = list(unsupported)
+        counts = Counter(u.op for u in unsupported)
+        lines = [f"the {frontend} model uses {len(counts)} op(s) that Kiln does not support:"]
+        for op, count in sorted(counts.items()):
+            places = [u for u in unsupported if u.op == op]
+            shown = ", ".join(f"{u.node}" + (f" ({u.source})" if u.source else "") for u in places[:3])
+            more = f", and {count - 3} more" if count > 3 else ""
+            lines.append(f"  {op} x{count}: {shown}{more}")
+        lines.append("Rewrite these parts of the model with supported ops, or open an issue naming them.")
+        super().__init__("\n".join(lines))
+
+
+class ModelFormatError(KilnError):
+    """A model file or object is malformed: truncated, not a model, or failing its checker."""
+
+
+class UnsupportedOpsetError(KilnError):
+    """An ONNX model's opset that Kiln cannot import, even after version conversion."""
+
+
+class InputMismatchError(KilnError, TypeError):
+    """A compiled model was called with inputs of the wrong count, shape or dtype."""
+
+
+class MissingDependencyError(KilnError, ImportError):
+    """An optional dependency (torch, onnx, pycuda) that this use of Kiln needs is not installed."""
+
+
+def missing_dependency(package: str, extra: str, purpose: str) -> MissingDependencyError:
+    return MissingDependencyError(
+        f"{purpose} needs {package}, which is not installed: pip install 'kiln[{extra}]' (or pip install {package})"
+    )
+
+
 __all__ = [
+    "InputMismatchError",
     "InterpreterError",
     "KilnError",
+    "MissingDependencyError",
+    "ModelFormatError",
     "OpAttributeError",
     "ParseError",
     "ShapeError",
     "UnknownOpError",
+    "UnsupportedOp",
+    "UnsupportedOperatorError",
+    "UnsupportedOpsetError",
     "VerificationError",
+    "missing_dependency",
 ]

@@ -1,0 +1,83 @@
+"""`compile`: a model in, a callable that computes the same function out.
+
+    fast = compiler.compile(model, example_inputs=(x,), target="reference")
+    y = fast(x)
+
+The model goes through its frontend into the graph IR, then through the target's pipeline
+(`passes`), then to the target's executor. Calls take numpy arrays or torch tensors and
+return the same kind; shapes and dtypes are checked against the graph before anything runs.
+Targets: `reference` (the numpy interpreter: the oracle every other target is compared with).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import ir
+from compiler.errors import InputMismatchError
+from compiler.frontends import ImportedModel, import_model
+from compiler.tensors import is_torch_tensor, to_numpy, to_torch
+
+TARGETS = ("reference",)
+
+
+@dataclass
+class CompiledModel:
+    """A compiled model: call it like the original."""
+
+    imported: ImportedModel
+    target: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def graph(self) -> ir.Graph:
+        """The graph the target runs."""
+        return self.imported.graph
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        given = self.imported.flatten_inputs(args, kwargs)
+        arrays = check_inputs(self.graph, given)
+        outputs = ir.run(self.graph, arrays)
+        like = next((g for g in given if is_torch_tensor(g)), None)
+        if like is not None:
+            outputs = [to_torch(o, like) for o in outputs]
+        return self.imported.unflatten_outputs(outputs)
+
+
+def check_inputs(graph: ir.Graph, given: Sequence[Any]) -> list[np.ndarray]:
+    """The inputs as numpy arrays, or `InputMismatchError` naming the first that does not fit."""
+    if len(given) != len(graph.inputs):
+        signature = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
+        raise InputMismatchError(f"the model takes {len(graph.inputs)} input(s) ({signature}), got {len(given)}")
+    arrays = []
+    for index, (value, item) in enumerate(zip(graph.inputs, given)):
+        array = to_numpy(item)
+        expected = value.type
+        try:
+            got = ir.TensorType(array.shape, ir.DType.from_numpy(array.dtype))
+        except TypeError:
+            got = None
+        if got != expected:
+            shown = got or f"{array.dtype}[{','.join(map(str, array.shape))}]"
+            hint = (
+                f"convert it with .astype({expected.dtype.numpy.name!r})"
+                if got is not None and got.shape == expected.shape
+                else "the shapes were fixed by the example inputs at compile time; recompile for new shapes"
+            )
+            raise InputMismatchError(f"input {index} (%{value.name}) expects {expected}, got {shown}: {hint}")
+        arrays.append(array)
+    return arrays
+
+
+def compile(model: Any, example_inputs: Sequence[Any] | None = None, target: str = "reference") -> CompiledModel:
+    """Compile `model` (a torch `nn.Module` with `example_inputs`, an ONNX `ModelProto` or path,
+    a `.kiln` path, or an `ir.Graph`) for `target`."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; Kiln has {', '.join(TARGETS)}")
+    imported = import_model(model, example_inputs)
+    ir.verify(imported.graph)
+    return CompiledModel(imported, target)
