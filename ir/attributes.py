@@ -27,6 +27,8 @@ class AttrKind(enum.Enum):
     INTS = "ints"
     FLOATS = "floats"
     DTYPE = "dtype"
+    GRAPH = "graph"
+    """A nested graph: the body of a region such as a fused group."""
 
 
 class _Required:
@@ -116,6 +118,14 @@ def _dtype(value: Any) -> DType:
     raise TypeError
 
 
+def _graph(value: Any) -> Any:
+    from ir.graph import Graph  # graph.py imports this module
+
+    if not isinstance(value, Graph):
+        raise TypeError
+    return value
+
+
 _NORMALIZE = {
     AttrKind.INT: _int,
     AttrKind.FLOAT: _float,
@@ -124,6 +134,7 @@ _NORMALIZE = {
     AttrKind.INTS: _ints,
     AttrKind.FLOATS: _floats,
     AttrKind.DTYPE: _dtype,
+    AttrKind.GRAPH: _graph,
 }
 
 

@@ -37,12 +37,21 @@ def run_all(
     graph: Graph, inputs: Sequence[Any] | Mapping[str, Any], *, oracle: bool = False
 ) -> dict[Value, np.ndarray]:
     """Every value the graph defines, keyed by value: for analyses that need intermediates."""
-    env: dict[Value, np.ndarray] = dict(zip(graph.inputs, _check_inputs(graph, inputs, oracle)))
+    return _execute(graph, _check_inputs(graph, inputs, oracle), oracle)
+
+
+def _execute(graph: Graph, arrays: list[np.ndarray], oracle: bool) -> dict[Value, np.ndarray]:
+    """Run `graph` on inputs already checked and held in the mode's storage dtypes."""
+    env: dict[Value, np.ndarray] = dict(zip(graph.inputs, arrays))
     for node in graph.nodes:
-        definition = get_op(node.op)
+        body = node.attrs.get("body")
         if node.op == "const":
             results = (_compute_type(graph.constants[node.attrs["name"]], oracle),)
+        elif isinstance(body, Graph):  # a region: its body computes it, value for value
+            inner = _execute(body, [env[v] for v in node.inputs], oracle)
+            results = tuple(inner[v] for v in body.outputs)
         else:
+            definition = get_op(node.op)
             arrays = [_compute_type(env[v], oracle) for v in node.inputs]
             attrs = _oracle_attrs(node.attrs) if oracle else node.attrs
             with np.errstate(all="ignore"):

@@ -146,6 +146,9 @@ class _Parser:
             return json.loads(token.text)
         if token.text in ("true", "false"):
             return token.text == "true"
+        if token.text == "graph":
+            self.position -= 1
+            return self.graph_definition()
         if token.kind == "ident":
             try:
                 return DType.parse(token.text)
@@ -169,6 +172,12 @@ class _Parser:
         return attrs
 
     def graph(self) -> Graph:
+        return self.graph_definition(whole_text=True)
+
+    def graph_definition(self, whole_text: bool = False) -> Graph:
+        """A graph and its constants; the body of a region is one too, with its own names.
+        With `whole_text`, nothing may follow (checked before nodes are built, so that trailing
+        garbage is reported as such rather than as what it hides)."""
         self.expect("graph")
         name = self.expect_kind("symbol", "the graph's name, such as @main").text[1:]
         self.expect("(")
@@ -198,10 +207,8 @@ class _Parser:
                 result_tokens.append(self.expect_kind("value", "a returned value"))
         self.expect("}")
         constants = self.constants() if self.peek().text == "constants" else {}
-        end = self.next()
-        if end.kind != "end":
+        if whole_text and (end := self.next()).kind != "end":
             raise self.error(end, f"expected end of input after the graph, found {end.text!r}")
-
         nodes = [self.build_node(statement, values, constants) for statement in statements]
         outputs = tuple(self.use(values, token) for token in result_tokens)
         declared = tuple(result_types)

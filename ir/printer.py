@@ -51,7 +51,9 @@ def value_names(graph: Graph) -> dict[Value, str]:
     return names
 
 
-def format_attr_value(value: Any) -> str:
+def format_attr_value(value: Any, indent: str = "", max_constant_elements: int | None = None) -> str:
+    if isinstance(value, Graph):  # a region's body: its lines nest one level inside the node's
+        return "\n".join(graph_lines(value, max_constant_elements, indent))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, DType):
@@ -65,21 +67,24 @@ def format_attr_value(value: Any) -> str:
     return str(value)
 
 
-def format_attrs(node: Node) -> str:
+def format_attrs(node: Node, indent: str = "", max_constant_elements: int | None = None) -> str:
     """Attributes that differ from their op's defaults; all of them for ops or attributes the
     table does not know (the verifier prints such broken nodes in its messages)."""
     definition = OPS.get(node.op)
     declared = definition.attr_index if definition else {}
     shown = [
-        f"{name}={format_attr_value(value)}"
+        f"{name}={format_attr_value(value, indent, max_constant_elements)}"
         for name, value in node.attrs.items()
         if name not in declared or not declared[name].is_default(value, node.op)
     ]
     return " {" + ", ".join(shown) + "}" if shown else ""
 
 
-def print_node(node: Node, names: Mapping[Value, str]) -> str:
-    """One node as a line of text (without indentation); unknown values print as `%?`."""
+def print_node(
+    node: Node, names: Mapping[Value, str], indent: str = "", max_constant_elements: int | None = None
+) -> str:
+    """One node as text without leading indentation (a region's body spans several lines,
+    indented past `indent`); unknown values print as `%?`."""
 
     def ref(value: Value) -> str:
         return "%" + names.get(value, "?")
@@ -89,7 +94,7 @@ def print_node(node: Node, names: Mapping[Value, str]) -> str:
     if node.op == "const":
         text = f"{lhs} = const @{node.attrs.get('name', '?')} : {types}"
     else:
-        text = f"{lhs} = {node.op}({', '.join(ref(v) for v in node.inputs)}){format_attrs(node)} : {types}"
+        text = f"{lhs} = {node.op}({', '.join(ref(v) for v in node.inputs)}){format_attrs(node, indent, max_constant_elements)} : {types}"
     source = " ".join((node.source or "").split())  # one line; blank means none
     if source:
         text += "    # " + source
@@ -122,17 +127,23 @@ def format_constant(array: np.ndarray, max_elements: int | None = None) -> str:
 def print_graph(graph: Graph, max_constant_elements: int | None = None) -> str:
     """The text form of `graph`. Constants with more than `max_constant_elements` elements are
     elided (the text then no longer parses); by default all data is printed."""
+    return "\n".join(graph_lines(graph, max_constant_elements)) + "\n"
+
+
+def graph_lines(graph: Graph, max_constant_elements: int | None = None, indent: str = "") -> list[str]:
+    """The lines of `graph`'s text; all but the first start with `indent`."""
     names = value_names(graph)
+    inner = indent + "  "
     params = ", ".join(f"%{names[v]}: {v.type}" for v in graph.inputs)
     results = ", ".join(str(v.type) for v in graph.outputs)
     lines = [f"graph @{graph.name}({params}) -> ({results}) {{"]
-    lines += ["  " + print_node(node, names) for node in graph.nodes]
-    lines.append("  return " + ", ".join("%" + names.get(v, "?") for v in graph.outputs))
-    lines.append("}")
+    lines += [inner + print_node(node, names, inner, max_constant_elements) for node in graph.nodes]
+    lines.append(inner + "return " + ", ".join("%" + names.get(v, "?") for v in graph.outputs))
+    lines.append(indent + "}")
     if graph.constants:
-        lines += ["", "constants {"]
+        lines += ["", indent + "constants {"]
         for name, array in graph.constants.items():
             data = format_constant(array, max_constant_elements)
-            lines.append(f"  @{name} : {TensorType(array.shape, DType.from_numpy(array.dtype))} = {data}")
-        lines.append("}")
-    return "\n".join(lines) + "\n"
+            lines.append(f"{inner}@{name} : {TensorType(array.shape, DType.from_numpy(array.dtype))} = {data}")
+        lines.append(indent + "}")
+    return lines

@@ -82,6 +82,10 @@ def _check_node(graph: Graph, node: Node) -> list[str]:
             inferred = definition.infer_types(tuple(v.type for v in node.inputs), attrs)
         except KilnError as error:
             return [str(error)]
+    bodies = [(name, value) for name, value in node.attrs.items() if isinstance(value, Graph)]
+    nested = [f"in {name} @{body.name}: {p}" for name, body in bodies for p in find_problems(body)]
+    if nested:
+        return nested
     declared = tuple(v.type for v in node.outputs)
     if declared != inferred:
         return [

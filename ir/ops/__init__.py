@@ -11,6 +11,7 @@ from ir.ops import (  # noqa: F401  (imported to register their ops)
     normalization,
     pooling,
     reduction,
+    region,
     source,
 )
 from ir.ops.table import OPS, Law, OpDef, OpKind, get_op, register

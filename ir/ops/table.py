@@ -68,7 +68,8 @@ class OpDef:
     name: str
     kind: OpKind
     inputs: tuple[str, ...]
-    """Input names; `name?` is optional (only trailing ones), `*name` takes any number (>= 1)."""
+    """Input names; `name?` is optional (only trailing ones), `*name` takes one or more, `*name?`
+    any number."""
     infer: InferFn
     reference: ReferenceFn | None
     """The numpy semantics; `None` for a composite op whose `decompose` defines it."""
@@ -98,7 +99,7 @@ class OpDef:
     @property
     def min_inputs(self) -> int:
         if self.variadic:
-            return 1
+            return 0 if self.inputs[0].endswith("?") else 1
         return sum(1 for name in self.inputs if not name.endswith("?"))
 
     @property
