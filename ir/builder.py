@@ -59,6 +59,31 @@ class GraphBuilder:
         self._nodes.append(Node("const", (), get_op("const").normalize_attrs({"name": unique}), (value,)))
         return value
 
+    def adopt_inputs(self, values: Sequence[Value]) -> None:
+        """Take existing values as the graph's inputs, so a pass's result keeps its input values."""
+        for value in values:
+            check_name(value.name, "input")
+            if value.name in self._names:
+                raise ValueError(f"the name {value.name!r} is already taken")
+            self._names.add(value.name)
+            self._inputs.append(value)
+
+    def append(self, node: Node, constant: np.ndarray | None = None) -> Node:
+        """Append an existing node as it is (a pass keeping a node); a `const` node brings its
+        array. Returns the node appended: a constant whose name is taken gets a new name, and
+        so a new node and value."""
+        if node.op == "const":
+            name = node.attrs["name"]
+            if constant is None:
+                raise ValueError(f"const @{name} needs its array to be appended")
+            if name in self._names:
+                self.constant(constant, name)
+                return self._nodes[-1]
+            self._names.add(name)
+            self._constants[name] = constant
+        self._nodes.append(node)
+        return node
+
     def op(self, op: str, *inputs: Value, source: str | None = None, **attrs: Any) -> Value | tuple[Value, ...]:
         """Apply `op`; returns its output, or a tuple of outputs for multi-output ops."""
         definition = get_op(op)

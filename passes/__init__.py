@@ -1,1 +1,30 @@
-"""Graph-to-graph passes and the pass manager (see docs/architecture.md). Imports only `ir`."""
+"""Graph-to-graph passes and the pass manager. Imports only `ir`.
+
+Importing this package registers every pass (`passes.manager.PASSES`); build pipelines with
+`parse_pipeline` or `passes.pipelines.default_pipeline`.
+"""
+
+from passes import prune_dead_nodes  # noqa: F401  (imported to register the pass)
+from passes.manager import (
+    PASSES,
+    Instrument,
+    Numerics,
+    Pass,
+    PassManager,
+    get_pass,
+    make_pass,
+    parse_pipeline,
+    register_pass,
+)
+
+__all__ = [
+    "PASSES",
+    "Instrument",
+    "Numerics",
+    "Pass",
+    "PassManager",
+    "get_pass",
+    "make_pass",
+    "parse_pipeline",
+    "register_pass",
+]
