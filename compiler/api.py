@@ -21,6 +21,9 @@ import ir
 from compiler.errors import InputMismatchError
 from compiler.frontends import ImportedModel, import_model
 from compiler.tensors import is_torch_tensor, to_numpy, to_torch
+from passes import PassManager
+from passes.instruments import PassStatistics
+from passes.pipelines import default_pipeline
 
 TARGETS = ("reference",)
 
@@ -30,13 +33,12 @@ class CompiledModel:
     """A compiled model: call it like the original."""
 
     imported: ImportedModel
+    """The model as its frontend imported it (`imported.graph` is the graph before passes)."""
     target: str
+    graph: ir.Graph
+    """The graph the target runs, after the pipeline."""
     stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def graph(self) -> ir.Graph:
-        """The graph the target runs."""
-        return self.imported.graph
+    """`passes`: one `PassRecord` per pass run (nodes before/after, kernels, FLOPs, time)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         given = self.imported.flatten_inputs(args, kwargs)
@@ -73,11 +75,24 @@ def check_inputs(graph: ir.Graph, given: Sequence[Any]) -> list[np.ndarray]:
     return arrays
 
 
-def compile(model: Any, example_inputs: Sequence[Any] | None = None, target: str = "reference") -> CompiledModel:
+def compile(
+    model: Any,
+    example_inputs: Sequence[Any] | None = None,
+    target: str = "reference",
+    *,
+    opt_level: int = 2,
+    precision: str = "fp32",
+    debug: bool = False,
+) -> CompiledModel:
     """Compile `model` (a torch `nn.Module` with `example_inputs`, an ONNX `ModelProto` or path,
-    a `.kiln` path, or an `ir.Graph`) for `target`."""
+    a `.kiln` path, or an `ir.Graph`) for `target`, running the target's pipeline at
+    `opt_level` (0-3) and `precision` ("fp32", "bf16", "fp16"). `debug` verifies the graph
+    after every pass."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; Kiln has {', '.join(TARGETS)}")
     imported = import_model(model, example_inputs)
     ir.verify(imported.graph)
-    return CompiledModel(imported, target)
+    statistics = PassStatistics()
+    steps = default_pipeline(target, opt_level, precision)
+    graph = PassManager(steps, instruments=[statistics], verify_each=debug).run(imported.graph)
+    return CompiledModel(imported, target, graph, {"passes": statistics.records})

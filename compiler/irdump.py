@@ -1,58 +1,126 @@
-"""`irdump`: print a model's IR, verified, with a summary.
+"""`irdump`: print a model's IR, verified, before and after passes, with a summary.
 
-    irdump model.kiln                 # parse, verify and print a text-form graph
-    irdump model.kiln --summary-only  # only the counts
+    irdump model.kiln                          # parse, verify and print a text-form graph
+    irdump model.onnx                          # the imported IR of an ONNX model
+    irdump my_model.py:make                    # make() returns (torch module, example inputs)
+    irdump model.onnx -O2 --print-after-all    # the IR after every pass of the default pipeline
+    irdump model.onnx --passes canonicalize,fold_constants --print-after fold_constants
 
-Later issues add ONNX files, `module.py:factory` torch models, and the IR after each pass.
-Exit status: 0 when the graph is valid, 1 when it is not (with the error on stderr), 2 for a
-bad command line.
+After the final IR come one summary line per pass (nodes before -> after, kernels, FLOPs,
+bytes moved, time) and a summary of the final graph, all as `#` comments so that the output
+of a .kiln input still parses. Exit status: 0 when all went well, 1 when the model is invalid
+or a pass failed (the error on stderr), 2 for a bad command line or an unreadable file.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 from compiler.errors import KilnError
-from ir import parse_graph, print_graph, verify
+from compiler.frontends import import_model
+from ir import Graph, print_graph, verify
 from ir.summary import summarize
+from passes import PassManager, parse_pipeline
+from passes.instruments import PassStatistics, PrintAfter
+from passes.pipelines import default_pipeline
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="irdump", description="Print a model's Kiln IR, verified, with a summary.")
-    parser.add_argument("model", help="a .kiln text-form graph")
-    parser.add_argument("--summary-only", action="store_true", help="print only the summary line")
+    parser.add_argument("model", help="a .kiln text-form graph, an .onnx model, or FILE.py:FACTORY")
+    passes = parser.add_mutually_exclusive_group()
+    passes.add_argument("--passes", metavar="PIPELINE", help="passes to run, e.g. canonicalize,fold_constants")
+    passes.add_argument("-O", dest="opt_level", type=int, choices=range(4), help="run the default pipeline at -O0..-O3")
+    parser.add_argument("--target", default="reference", help="the target whose pipeline -O runs (default: reference)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="for -O pipelines")
+    parser.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
+    parser.add_argument("--print-after", action="append", default=[], metavar="PASS", help="print the IR after PASS")
+    parser.add_argument("--summary-only", action="store_true", help="print the summaries, not the final IR")
     parser.add_argument(
         "--max-constant-elements",
         type=int,
         default=None,
         metavar="N",
-        help="elide the data of constants with more than N elements (the output then no longer parses)",
+        help="elide the data of constants with more than N elements (default: all for .kiln, 16 otherwise)",
     )
     return parser
 
 
+def load_model(spec: str) -> Graph:
+    """The verified IR of a `.kiln` file, an `.onnx` file, or `FILE.py:FACTORY`."""
+    head, separator, factory = spec.rpartition(":")
+    if separator and head.endswith(".py"):
+        module, example_inputs = _call_factory(Path(head), factory)
+        graph = import_model(module, example_inputs).graph
+    else:
+        path = Path(spec)
+        if path.suffix not in (".kiln", ".onnx"):
+            raise ValueError(f"{path}: expected a .kiln or .onnx file, or FILE.py:FACTORY")
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot read {path}: no such file")
+        graph = import_model(path).graph
+    verify(graph)
+    return graph
+
+
+def _call_factory(path: Path, factory: str) -> tuple[Any, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot read {path}: no such file")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    function = getattr(module, factory, None)
+    if not callable(function):
+        raise ValueError(f"{path} has no function {factory}() returning (module, example_inputs)")
+    result = function()
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ValueError(f"{path}:{factory}() must return (module, example_inputs), got {type(result).__name__}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    path = Path(args.model)
-    if path.suffix != ".kiln":
-        print(f"irdump: {path}: only .kiln text-form graphs are supported so far", file=sys.stderr)
-        return 2
     try:
-        text = path.read_text()
-    except OSError as error:
-        print(f"irdump: cannot read {path}: {error.strerror}", file=sys.stderr)
+        graph = load_model(args.model)
+    except KilnError as error:  # before ValueError: some Kiln errors are ValueErrors too
+        print(f"irdump: {args.model}: {error}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as error:
+        print(f"irdump: {error}", file=sys.stderr)
         return 2
+    elide = args.max_constant_elements
+    if elide is None and not args.model.endswith(".kiln"):
+        elide = 16
     try:
-        graph = parse_graph(text)
-        verify(graph)
+        if args.passes is not None:
+            steps = parse_pipeline(args.passes)
+        elif args.opt_level is not None:
+            steps = default_pipeline(args.target, args.opt_level, args.precision)
+        else:
+            steps = []
+    except ValueError as error:
+        print(f"irdump: {error}", file=sys.stderr)
+        return 2
+    statistics = PassStatistics()
+    instruments = [statistics]
+    if args.print_after_all or args.print_after:
+        names = None if args.print_after_all else set(args.print_after)
+        instruments.append(PrintAfter(names, stream=sys.stdout, max_constant_elements=elide))
+    try:
+        graph = PassManager(steps, instruments, verify_each=True).run(graph)
     except KilnError as error:
-        print(f"irdump: {path}: {error}", file=sys.stderr)
+        notes = "".join(f"\n  ({note})" for note in getattr(error, "__notes__", []))
+        print(f"irdump: {args.model}: {error}{notes}", file=sys.stderr)
         return 1
     if not args.summary_only:
-        sys.stdout.write(print_graph(graph, max_constant_elements=args.max_constant_elements))
+        sys.stdout.write(print_graph(graph, max_constant_elements=elide))
         print()
+    for record in statistics.records:
+        print(f"# {record}")
     print(f"# {summarize(graph)}")
     return 0
 

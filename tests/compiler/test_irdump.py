@@ -71,3 +71,41 @@ def test_console_script_runs():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# ")
+
+
+DEAD_CODE = """\
+graph @g(%x: f32[2]) -> (f32[2]) {
+  %0 = exp(%x) : f32[2]
+  %1 = relu(%x) : f32[2]
+  return %1
+}
+"""
+
+
+def test_passes_run_and_each_gets_a_summary_line(tmp_path, capsys):
+    path = tmp_path / "dead.kiln"
+    path.write_text(DEAD_CODE)
+    assert main([str(path), "--passes", "prune_dead_nodes", "--print-after-all"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("# IR after pass 1: prune_dead_nodes\n") == 1
+    final = out.split("# IR after pass 1: prune_dead_nodes\n")[1]
+    assert "exp" not in final
+    assert "# prune_dead_nodes" in out and "nodes     2 -> 1" in out
+
+
+def test_print_after_names_one_pass_and_o_levels_run_the_default_pipeline(tmp_path, capsys):
+    path = tmp_path / "dead.kiln"
+    path.write_text(DEAD_CODE)
+    assert main([str(path), "-O1", "--print-after", "prune_dead_nodes", "--summary-only"]) == 0
+    out = capsys.readouterr().out
+    assert "# IR after pass" in out and ": prune_dead_nodes\n" in out
+    assert "graph @g" in out  # printed after the named pass only, final IR suppressed
+    assert main([str(path), "-O0", "--summary-only"]) == 0
+    assert "prune_dead_nodes" not in capsys.readouterr().out
+
+
+def test_a_bad_pipeline_is_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "dead.kiln"
+    path.write_text(DEAD_CODE)
+    assert main([str(path), "--passes", "no_such_pass"]) == 2
+    assert "unknown pass 'no_such_pass'" in capsys.readouterr().err
