@@ -4,7 +4,7 @@ Importing this package registers every pass (`passes.manager.PASSES`); build pip
 `parse_pipeline` or `passes.pipelines.default_pipeline`.
 """
 
-from passes import prune_dead_nodes  # noqa: F401  (imported to register the pass)
+from passes import cse, fold_constants, prune_dead_nodes  # noqa: F401  (imported to register the passes)
 from passes.manager import (
     PASSES,
     Instrument,
