@@ -36,7 +36,7 @@ def to_torch(array: np.ndarray, like: Any = None) -> Any:
     """A torch tensor over `array`, on the device of `like` if given."""
     import torch
 
-    array = np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes 0-d arrays 1-d
     if array.dtype == DType.bf16.numpy:
         tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     else:
