@@ -94,7 +94,9 @@ def print_node(
     if node.op == "const":
         text = f"{lhs} = const @{node.attrs.get('name', '?')} : {types}"
     else:
-        text = f"{lhs} = {node.op}({', '.join(ref(v) for v in node.inputs)}){format_attrs(node, indent, max_constant_elements)} : {types}"
+        operands = ", ".join(ref(v) for v in node.inputs)
+        attrs = format_attrs(node, indent, max_constant_elements)
+        text = f"{lhs} = {node.op}({operands}){attrs} : {types}"
     source = " ".join((node.source or "").split())  # one line; blank means none
     if source:
         text += "    # " + source

@@ -13,6 +13,7 @@ from ir.ops import (  # noqa: F401  (imported to register their ops)
     reduction,
     region,
     source,
+    trigonometry,
 )
 from ir.ops.table import OPS, Law, OpDef, OpKind, get_op, register
 

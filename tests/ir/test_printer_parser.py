@@ -215,7 +215,7 @@ MALFORMED = [
     # (text, expected message fragment, the text the caret points at)
     (_broken("%x, %w)", "%x, %v)"), "%v is used before it is defined", "%v)"),
     (_broken("%0 = add", "%x = add"), "%x is defined twice (values are SSA)", "%x = add"),
-    (_broken("add(", "frobnicate("), "unknown op 'frobnicate'; the op table has: abs, add,", "frobnicate"),
+    (_broken("add(", "frobnicate("), "unknown op 'frobnicate'; the op table has: abs, ", "frobnicate"),
     (_broken("%w) :", "%w) {alpha=2.0} :"), "add: unknown attribute(s) alpha (it takes: none)", "add("),
     (_broken("%w) : f32[2,3]", "%w) : f32[3,2]"), "add is declared to give f32[3,2] but gives f32[2,3]", "add("),
     (_broken("const @w : f32[3]", "const @w : f32[4]"), "const is declared to give f32[4] but gives f32[3]", "const"),
