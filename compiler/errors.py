@@ -51,6 +51,17 @@ class UnsupportedOperatorError(KilnError):
         super().__init__("\n".join(lines))
 
 
+class StaticInputError(ShapeError):
+    """An input that must be known at import time (a shape, axes, pads, ...) is computed at run
+    time. `value` names the ONNX value; the frontend adds `graph_inputs`, the model inputs it
+    depends on, which `import_onnx(..., constant_inputs=...)` can fix to constants."""
+
+    def __init__(self, message: str, value: str, graph_inputs: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.value = value
+        self.graph_inputs = graph_inputs
+
+
 class ModelFormatError(KilnError):
     """A model file or object is malformed: truncated, not a model, or failing its checker."""
 
@@ -82,6 +93,7 @@ __all__ = [
     "OpAttributeError",
     "ParseError",
     "ShapeError",
+    "StaticInputError",
     "UnknownOpError",
     "UnsupportedOp",
     "UnsupportedOperatorError",

@@ -53,7 +53,8 @@ def unflatten_single_or_tuple(outputs: list) -> Any:
 
 def import_model(model: Any, example_inputs: Sequence[Any] | None = None) -> ImportedModel:
     """The IR of `model`: an `ir.Graph`, a torch `nn.Module` (with `example_inputs`), an ONNX
-    `ModelProto`, or a path to an `.onnx` or `.kiln` file."""
+    `ModelProto` (or its serialized bytes), or a path to an `.onnx` or `.kiln` file. For ONNX,
+    `example_inputs` fix the shapes of inputs whose dims are dynamic."""
     if isinstance(model, Graph):
         return import_graph(model)
     if isinstance(model, (str, Path)):
@@ -66,12 +67,11 @@ def import_model(model: Any, example_inputs: Sequence[Any] | None = None) -> Imp
             return import_graph(graph)
         from compiler.frontends.onnx import import_onnx
 
-        return import_onnx(path)
-    module_name = type(model).__module__
-    if module_name.startswith("onnx"):
+        return import_onnx(path, example_inputs)
+    if isinstance(model, bytes) or type(model).__module__.startswith("onnx"):
         from compiler.frontends.onnx import import_onnx
 
-        return import_onnx(model)
+        return import_onnx(model, example_inputs)
     if _is_torch_module(model):
         from compiler.frontends.torch import import_torch
 
