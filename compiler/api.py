@@ -11,6 +11,7 @@ Targets: `reference` (the numpy interpreter: the oracle every other target is co
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ import ir
 from compiler.errors import InputMismatchError
 from compiler.frontends import ImportedModel, import_model
 from compiler.tensors import is_torch_tensor, to_numpy, to_torch
-from passes import PassManager
+from passes import Pass, PassManager
 from passes.instruments import PassStatistics
 from passes.pipelines import default_pipeline
 
@@ -94,5 +95,19 @@ def compile(
     ir.verify(imported.graph)
     statistics = PassStatistics()
     steps = default_pipeline(target, opt_level, precision)
+    if example_inputs is not None:
+        steps = with_example_inputs(steps, imported, example_inputs)
     graph = PassManager(steps, instruments=[statistics], verify_each=debug).run(imported.graph)
     return CompiledModel(imported, target, graph, {"passes": statistics.records})
+
+
+def with_example_inputs(steps: list[Pass], imported: ImportedModel, example_inputs: Sequence[Any]) -> list[Pass]:
+    """Hand the example inputs to the passes that measure on them (an `example_inputs` option:
+    lower_precision's range check and error report)."""
+    arrays = check_inputs(imported.graph, imported.flatten_inputs(tuple(example_inputs), {}))
+    return [
+        dataclasses.replace(step, example_inputs=(arrays,))
+        if "example_inputs" in {f.name for f in dataclasses.fields(step)}
+        else step
+        for step in steps
+    ]

@@ -4,7 +4,13 @@ Importing this package registers every pass (`passes.manager.PASSES`); build pip
 `parse_pipeline` or `passes.pipelines.default_pipeline`.
 """
 
-from passes import cse, fold_constants, prune_dead_nodes  # noqa: F401  (imported to register the passes)
+from passes import (  # noqa: F401  (imported to register the passes)
+    cse,
+    fold_constants,
+    fuse,
+    lower_precision,
+    prune_dead_nodes,
+)
 from passes.manager import (
     PASSES,
     Instrument,

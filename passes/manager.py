@@ -17,6 +17,7 @@ import dataclasses
 import enum
 import re
 import time
+import types
 import typing
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
@@ -122,7 +123,9 @@ def _parse_options(name: str, text: str) -> dict[str, str]:
 def _convert_option(name: str, key: str, value: Any, hint: Any) -> Any:
     if not isinstance(value, str):
         return value
-    target = next((t for t in typing.get_args(hint) if t is not type(None)), hint)  # Optional[X] -> X
+    target = hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X] -> X
+        target = next(t for t in typing.get_args(hint) if t is not type(None))
     try:
         if target is bool:
             if value not in ("true", "false"):
