@@ -109,3 +109,50 @@ def test_a_bad_pipeline_is_a_usage_error(tmp_path, capsys):
     path.write_text(DEAD_CODE)
     assert main([str(path), "--passes", "no_such_pass"]) == 2
     assert "unknown pass 'no_such_pass'" in capsys.readouterr().err
+
+
+FACTORY = """\
+import torch
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return torch.relu(self.linear(x))
+
+
+def make():
+    torch.manual_seed(0)
+    return Block().eval(), (torch.randn(2, 4),)
+"""
+
+
+def test_a_python_factory_prints_the_imported_torch_model(tmp_path, capsys):
+    path = tmp_path / "block.py"
+    path.write_text(FACTORY)
+    assert main([f"{path}:make", "-O2"]) == 0
+    out = capsys.readouterr().out
+    assert "graph @" in out and "fused(" in out and "gemm(" in out and "relu(" in out
+    assert "# fuse" in out
+    assert main([f"{path}:missing"]) == 2
+    assert "has no function missing()" in capsys.readouterr().err
+
+
+def test_an_onnx_file_prints_its_imported_graph(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu_0"), helper.make_node("Neg", ["r"], ["y"], name="neg_0")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "relu(%x) : f32[2,3]" in out and "neg(" in out and "# relu_0" in out
