@@ -5,6 +5,7 @@ Importing this package registers every pass (`passes.manager.PASSES`); build pip
 """
 
 from passes import (  # noqa: F401  (imported to register the passes)
+    canonicalize,
     cse,
     fold_constants,
     fuse,

@@ -2,19 +2,20 @@
 as a list of named steps and `irdump -O2` prints what it runs.
 
 - O0: nothing; the graph as imported.
-- O1: clean-ups that never change a value: simplify, fold what is constant, merge duplicates,
-  then drop what no output needs.
-- O2: O1, then lower precision when asked (the only step that changes values on purpose),
-  then fuse nodes into kernels (last, so it groups the final graph).
+- O1: clean-ups that never change a value: exact simplifications, fold what is constant,
+  merge duplicates, then drop what no output needs.
+- O2: the same with every simplification, including the ones that round differently
+  (batch-norm folded into conv/gemm, x + 0.0 -> x); then lower precision when asked (the only
+  step that changes values on purpose); then fuse nodes into kernels (last, so it groups the
+  final graph).
 """
 
 from __future__ import annotations
 
-from passes.manager import PASSES, Pass, parse_pipeline
+from passes.manager import Pass, parse_pipeline
 
 # Each step, in order, and why it sits where it does.
 _CLEANUP = [
-    "canonicalize",  # simplify first: exposes constants and duplicates to the next steps
     "fold_constants",  # evaluate constant subgraphs at compile time
     "cse",  # merge nodes that compute the same thing
     "prune_dead_nodes",  # drop what the steps above left unused
@@ -28,13 +29,12 @@ def default_pipeline(target: str = "reference", opt_level: int = 2, precision: s
         raise ValueError(f"opt_level must be 0, 1, 2 or 3, got {opt_level!r}")
     if precision not in _PRECISION:
         raise ValueError(f"precision must be one of {', '.join(_PRECISION)}, got {precision!r}")
-    steps: list[str] = []
-    if opt_level >= 1:
-        steps += _CLEANUP
+    if opt_level == 0:
+        return []
+    # Simplify first: it exposes constants and duplicates to the clean-up steps.
+    steps = ["canonicalize{exact_only=true}" if opt_level == 1 else "canonicalize", *_CLEANUP]
     if opt_level >= 2:
         if _PRECISION[precision]:
             steps += [_PRECISION[precision], "cse", "prune_dead_nodes"]  # lowering leaves cast pairs to merge
         steps.append("fuse")
-    # Passes still being built are left out until they are registered.
-    available = [s for s in steps if s.split("{")[0] in PASSES]
-    return parse_pipeline(",".join(available))
+    return parse_pipeline(",".join(steps))

@@ -142,3 +142,15 @@ def test_default_pipelines_grow_with_the_level():
         default_pipeline("reference", 7)
     with pytest.raises(ValueError, match="precision must be one of"):
         default_pipeline("reference", 2, precision="int4")
+
+
+def test_o1_changes_no_value_and_o2_adds_the_rest():
+    assert [str(p) for p in default_pipeline("reference", 1)] == [
+        "canonicalize{exact_only=true}",
+        "fold_constants",
+        "cse",
+        "prune_dead_nodes",
+    ]
+    assert all(p.numerics is Numerics.EXACT for p in default_pipeline("reference", 1))
+    o2 = [str(p) for p in default_pipeline("reference", 2, precision="bf16")]
+    assert o2[0] == "canonicalize" and o2[-1] == "fuse" and "lower_precision" in o2
