@@ -1,0 +1,329 @@
+"""The kernel IR: a small loop language that fused groups lower to and that every backend
+prints (LLVM IR for the CPU, CUDA C for GPUs).
+
+A `Kernel` has buffer parameters and a body of statements: `For` loops annotated with how they
+run (serial, parallel over threads, vectorized, unrolled, bound to a GPU block or thread index),
+`Store`s into buffers, scalar `Assign`ments to local variables (accumulators), `If`s, and
+`Barrier`s. Expressions are scalar: constants, variables, `Load`s from buffers at a flat
+element index, unary and binary arithmetic, `Select`, `Cast`, and target `Call`s. Everything is
+a frozen dataclass, so kernels hash, compare and print deterministically; `Var` and `Buffer`
+compare by identity, like values in the graph IR.
+
+Semantics shared by every backend and the interpreter (`ir.loop.interpreter`):
+- arithmetic happens in the expression's dtype; lowering casts low-precision loads to f32 and
+  results back (the backends never widen or narrow on their own);
+- integer `div` truncates towards zero and `mod` takes the dividend's sign (C); index
+  arithmetic is i64;
+- comparisons give bool; `and`/`or`/`xor`/`not` take bool;
+- a `For` runs `var` over 0, 1, ..., extent - 1; iterations of a parallel, vectorized or GPU
+  loop may run in any order or at once, which lowering guarantees is safe;
+- a `Load` or `Store` index is the flat, row-major element offset into the buffer.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+from ir.dtype import DType
+
+# -- buffers and variables -------------------------------------------------------------------
+
+
+class Scope(enum.Enum):
+    GLOBAL = "global"
+    """A kernel parameter: memory the runtime owns (inputs, outputs, constants, the arena)."""
+    LOCAL = "local"
+    """Private to one thread of execution: registers or stack (accumulator tiles)."""
+    SHARED = "shared"
+    """Shared by the threads of one GPU block."""
+
+
+@dataclass(frozen=True, eq=False)
+class Buffer:
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    scope: Scope = Scope.GLOBAL
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.name}: {self.dtype}[{','.join(map(str, self.shape))}] {self.scope.value})"
+
+
+@dataclass(frozen=True, eq=False)
+class Var:
+    """A scalar variable: a loop index or a local (an accumulator). Compared by identity."""
+
+    name: str
+    dtype: DType = DType.i64
+
+    def __repr__(self) -> str:
+        return f"Var({self.name}: {self.dtype})"
+
+
+# -- expressions -------------------------------------------------------------------------------
+
+UNARY_OPS = frozenset(
+    {"neg", "abs", "exp", "log", "sqrt", "tanh", "erf", "sin", "cos", "tan", "asin", "acos", "atan",
+     "sinh", "cosh", "asinh", "acosh", "atanh", "floor", "ceil", "round", "not"}
+)  # fmt: skip
+"""Unary operations; `round` is half to even, `not` takes bool."""
+
+ARITHMETIC_OPS = frozenset({"add", "sub", "mul", "div", "mod", "max", "min", "pow"})
+COMPARISON_OPS = frozenset({"lt", "le", "gt", "ge", "eq", "ne"})
+LOGICAL_OPS = frozenset({"and", "or", "xor"})
+BINARY_OPS = ARITHMETIC_OPS | COMPARISON_OPS | LOGICAL_OPS
+
+
+class Expr:
+    """Base of scalar expressions; subclasses are frozen dataclasses with a `dtype`.
+
+    Arithmetic operators build expressions (`i * 4 + j`); a Python number on either side
+    becomes a constant of the other side's dtype. `==` stays structural equality: compare
+    values with `.eq()`/`.lt()`/... ."""
+
+    __slots__ = ()
+    dtype: DType
+
+    def _binary(self, op: str, other: Expr | int | float, reverse: bool = False) -> Binary:
+        other = other if isinstance(other, Expr) else Const(other, self.dtype)
+        return Binary(op, other, self) if reverse else Binary(op, self, other)
+
+    def __add__(self, other):
+        return self._binary("add", other)
+
+    def __radd__(self, other):
+        return self._binary("add", other, reverse=True)
+
+    def __sub__(self, other):
+        return self._binary("sub", other)
+
+    def __rsub__(self, other):
+        return self._binary("sub", other, reverse=True)
+
+    def __mul__(self, other):
+        return self._binary("mul", other)
+
+    def __rmul__(self, other):
+        return self._binary("mul", other, reverse=True)
+
+    def __truediv__(self, other):
+        return self._binary("div", other)
+
+    def __floordiv__(self, other):  # index arithmetic: indices are non-negative, so C's division floors
+        return self._binary("div", other)
+
+    def __mod__(self, other):
+        return self._binary("mod", other)
+
+    def __neg__(self):
+        return Unary("neg", self)
+
+    def lt(self, other):
+        return self._binary("lt", other)
+
+    def le(self, other):
+        return self._binary("le", other)
+
+    def gt(self, other):
+        return self._binary("gt", other)
+
+    def ge(self, other):
+        return self._binary("ge", other)
+
+    def eq(self, other):
+        return self._binary("eq", other)
+
+    def ne(self, other):
+        return self._binary("ne", other)
+
+    def max(self, other):
+        return self._binary("max", other)
+
+    def min(self, other):
+        return self._binary("min", other)
+
+    def cast(self, dtype: DType) -> Expr:
+        return self if dtype == self.dtype else Cast(self, dtype)
+
+
+@dataclass(frozen=True)
+class Const(Expr):
+    value: int | float | bool
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Ref(Expr):
+    """The current value of a variable."""
+
+    var: Var
+
+    @property
+    def dtype(self) -> DType:
+        return self.var.dtype
+
+
+@dataclass(frozen=True)
+class Load(Expr):
+    buffer: Buffer
+    index: Expr
+
+    @property
+    def dtype(self) -> DType:
+        return self.buffer.dtype
+
+
+@dataclass(frozen=True)
+class Unary(Expr):
+    op: str
+    x: Expr
+
+    def __post_init__(self) -> None:
+        if self.op not in UNARY_OPS:
+            raise ValueError(f"unknown unary op {self.op!r}")
+
+    @property
+    def dtype(self) -> DType:
+        return self.x.dtype
+
+
+@dataclass(frozen=True)
+class Binary(Expr):
+    op: str
+    a: Expr
+    b: Expr
+
+    def __post_init__(self) -> None:
+        if self.op not in BINARY_OPS:
+            raise ValueError(f"unknown binary op {self.op!r}")
+        if self.a.dtype != self.b.dtype:
+            raise ValueError(f"{self.op}: operands differ in dtype ({self.a.dtype} vs {self.b.dtype}); cast first")
+
+    @property
+    def dtype(self) -> DType:
+        return DType.bool if self.op in COMPARISON_OPS else self.a.dtype
+
+
+@dataclass(frozen=True)
+class Select(Expr):
+    condition: Expr
+    a: Expr
+    b: Expr
+
+    def __post_init__(self) -> None:
+        if self.condition.dtype != DType.bool or self.a.dtype != self.b.dtype:
+            raise ValueError(f"select needs a bool condition and equal branch dtypes, got "
+                             f"{self.condition.dtype}, {self.a.dtype}, {self.b.dtype}")  # fmt: skip
+
+    @property
+    def dtype(self) -> DType:
+        return self.a.dtype
+
+
+@dataclass(frozen=True)
+class Cast(Expr):
+    x: Expr
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    """A target intrinsic (vector FMA, warp shuffle, MMA); backends map names to their own."""
+
+    name: str
+    args: tuple[Expr, ...]
+    dtype: DType
+
+
+# -- statements --------------------------------------------------------------------------------
+
+
+class LoopKind(enum.Enum):
+    SERIAL = "serial"
+    PARALLEL = "parallel"
+    """Iterations spread over CPU threads."""
+    VECTORIZED = "vectorized"
+    """Iterations map to SIMD lanes."""
+    UNROLLED = "unrolled"
+    BLOCK_X = "block.x"
+    BLOCK_Y = "block.y"
+    BLOCK_Z = "block.z"
+    THREAD_X = "thread.x"
+    THREAD_Y = "thread.y"
+    THREAD_Z = "thread.z"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.value.startswith(("block", "thread"))
+
+
+class Stmt:
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class Store(Stmt):
+    buffer: Buffer
+    index: Expr
+    value: Expr
+
+    def __post_init__(self) -> None:
+        if self.value.dtype != self.buffer.dtype:
+            raise ValueError(f"store of {self.value.dtype} into {self.buffer.name} ({self.buffer.dtype}); cast first")
+
+
+@dataclass(frozen=True)
+class Assign(Stmt):
+    """`var = value`; the first assignment declares the variable."""
+
+    var: Var
+    value: Expr
+
+    def __post_init__(self) -> None:
+        if self.value.dtype != self.var.dtype:
+            raise ValueError(f"assignment of {self.value.dtype} to {self.var.name} ({self.var.dtype})")
+
+
+@dataclass(frozen=True)
+class For(Stmt):
+    var: Var
+    extent: int
+    body: tuple[Stmt, ...]
+    kind: LoopKind = LoopKind.SERIAL
+
+
+@dataclass(frozen=True)
+class If(Stmt):
+    condition: Expr
+    then: tuple[Stmt, ...]
+    otherwise: tuple[Stmt, ...] = ()
+
+
+@dataclass(frozen=True)
+class Barrier(Stmt):
+    """All threads of a GPU block wait here (`__syncthreads`)."""
+
+
+# -- kernels -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Kernel:
+    """One kernel: what a `fused` node of the graph becomes."""
+
+    name: str
+    params: tuple[Buffer, ...]
+    """Global buffers, in the order the runtime passes them: inputs, then outputs."""
+    body: tuple[Stmt, ...]
+    locals: tuple[Buffer, ...] = ()
+    """Local and shared buffers the body uses."""
+    source: str = ""
+    """The graph IR the kernel came from, for comments in generated code."""
+    outputs: tuple[int, ...] = field(default=())
+    """Indices into `params` of the buffers the kernel writes."""
