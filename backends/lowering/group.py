@@ -1,0 +1,280 @@
+"""Lowering one fused group (the body of a `fused` node) to one kernel.
+
+Every value of the body is either *inlined*, computed where it is read as an expression of
+its inputs' elements (elementwise ops through `scalar.SCALAR`, movement ops through
+`indexing.INDEXING`), or *materialized* into a buffer by a loop nest (`templates.TEMPLATES`:
+reductions, contractions, norms, ...; and inlinable values read more than once, so that no
+expression is recomputed per read). A materialized value that is a group output is written
+straight into the output parameter. When a template's result feeds, through inlinable ops
+only, exactly one group output of the same shape, that output's expression is applied to the
+template's result as it is stored (the epilogue: bias, activation, residual), and the
+intermediate never reaches memory.
+
+Values are read in their storage dtype; each op computes in its compute dtype (f32 for
+f16/bf16, as the graph interpreter does) and rounds its result to its declared dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ir import DType, Graph, GraphBuilder, KilnError, Node, OpKind, Value, get_op
+from ir.loop import Assign, Buffer, Expr, For, Kernel, Load, LoopKind, Ref, Scope, Stmt, Store, Var
+
+from backends.lowering.expr import Names, const, flat_index
+from backends.lowering.indexing import INDEXING, broadcast_index, split_element
+from backends.lowering.scalar import ARANGE, SCALAR
+
+
+class LoweringError(KilnError):
+    """A fused group that the lowering cannot turn into a kernel."""
+
+
+def compute_dtype(dtype: DType) -> DType:
+    """The dtype arithmetic happens in: f32 for f16 and bf16 (the interpreter's rule)."""
+    return DType.f32 if dtype in (DType.f16, DType.bf16) else dtype
+
+
+class _Mismatch(Exception):
+    """An epilogue read its producer at another position: it cannot be applied at the store."""
+
+
+class GroupLowering:
+    """Builds the kernel of one group; `templates` call back into `element` and `store`."""
+
+    def __init__(self, body: Graph, name: str, source: str = "") -> None:
+        self.body = expand_composites(body)
+        self.name, self.source = name, source
+        self.names = Names()
+        self.producers = self.body.producers
+        self.buffers: dict[Value, Buffer] = {}
+        self.locals: list[Buffer] = []
+        self.statements: list[Stmt] = []
+        self.written: set[int] = set()  # positions of the outputs already stored
+        self.overrides: dict[Value, tuple[tuple[Expr, ...], Expr]] = {}
+        self.params = [self._buffer(v, f"in_{v.name or 'x'}") for v in self.body.inputs]
+        self.buffers.update(zip(self.body.inputs, self.params))
+        self.outputs: list[Buffer] = [self._buffer(v, f"out{i}") for i, v in enumerate(self.body.outputs)]
+        self.uses = _count_uses(self.body)
+
+    # -- buffers and loops ------------------------------------------------------------------
+
+    def _buffer(self, value: Value, stem: str, scope: Scope = Scope.GLOBAL) -> Buffer:
+        return Buffer(self.names.fresh(_identifier(stem)), value.type.dtype, value.type.shape or (1,), scope)
+
+    def var(self, stem: str, dtype: DType = DType.i64) -> Var:
+        return Var(self.names.fresh(stem), dtype)
+
+    def loops(self, shape: Sequence[int], body, kind: LoopKind = LoopKind.SERIAL) -> list[Stmt]:
+        """A loop nest over `shape`; `body(index)` gives the innermost statements. The outermost
+        loop gets `kind` (scalars: the body runs once)."""
+        index_vars = [self.var("i") for _ in shape]
+        statements = body([Ref(v) for v in index_vars])
+        for depth, (var, extent) in reversed(list(enumerate(zip(index_vars, shape)))):
+            statements = [For(var, extent, tuple(statements), kind if depth == 0 else LoopKind.SERIAL)]
+        return statements
+
+    def output_buffer(self, value: Value) -> Buffer:
+        """Where a materialized value goes: its output parameter, or a local buffer."""
+        if value in self.buffers:
+            return self.buffers[value]
+        if value in self.body.outputs and value not in self.body.inputs:
+            position = self.body.outputs.index(value)
+            buffer = self.outputs[position]
+            self.written.add(position)
+        else:
+            buffer = self._buffer(value, "t", Scope.LOCAL)
+            self.locals.append(buffer)
+        self.buffers[value] = buffer
+        return buffer
+
+    # -- elements ---------------------------------------------------------------------------
+
+    def element(self, value: Value, index: Sequence[Expr]) -> Expr:
+        """The element of `value` at `index`, in its storage dtype."""
+        index = tuple(index)
+        if value in self.overrides:
+            at, expr = self.overrides[value]
+            if at != index:
+                raise _Mismatch
+            return expr
+        if value in self.buffers:
+            return Load(self.buffers[value], flat_index(index, value.type.shape))
+        node = self.producers.get(value)
+        if node is None:
+            raise LoweringError(f"{self.name}: value {value!r} has no producer in the group")
+        return self._inline(node, value, index)
+
+    def compute(self, value: Value, index: Sequence[Expr]) -> Expr:
+        """The element of `value` at `index` in its compute dtype."""
+        return self.element(value, index).cast(compute_dtype(value.type.dtype))
+
+    def _inline(self, node: Node, value: Value, index: tuple[Expr, ...]) -> Expr:
+        dtype = value.type.dtype
+        if node.op == "const":
+            array = self.body.constants[node.attrs["name"]]
+            if array.size != 1:
+                raise LoweringError(f"{self.name}: a constant of {array.size} elements inside a group body")
+            return const(array.reshape(-1)[0].item(), dtype)
+        if node.op in INDEXING:
+            return INDEXING[node.op](self.element, node, index)
+        if node.op == "split":
+            return split_element(self.element, node, node.outputs.index(value), index)
+        if node.op == "arange":
+            return ARANGE(index[0], node.attrs, compute_dtype(dtype)).cast(dtype)
+        if node.op in SCALAR:
+            operands = [self.compute(v, broadcast_index(index, v.type.shape)) for v in node.inputs]
+            return SCALAR[node.op](operands, node.attrs, compute_dtype(dtype)).cast(dtype)
+        raise LoweringError(f"{self.name}: {node.op} must be computed into a buffer, not inlined")
+
+    # -- stores -----------------------------------------------------------------------------
+
+    def store(self, value: Value, index: Sequence[Expr], expr: Expr) -> list[Stmt]:
+        """Statements that record `expr` (compute dtype) as `value` at `index`: into the value's
+        buffer, or, with an epilogue, into the output the epilogue computes."""
+        expr = expr.cast(value.type.dtype)
+        epilogue = self.epilogues.get(value)
+        if epilogue is not None:
+            self.overrides[value] = (tuple(index), expr)
+            try:
+                result = self.element(epilogue, index)
+            finally:
+                del self.overrides[value]
+            buffer = self.outputs[self.body.outputs.index(epilogue)]
+            return [Store(buffer, flat_index(index, epilogue.type.shape), result)]
+        buffer = self.buffers[value]
+        return [Store(buffer, flat_index(index, value.type.shape), expr)]
+
+    def accumulate(self, stem: str, dtype: DType, initial: Expr) -> tuple[Var, Stmt]:
+        acc = self.var(stem, dtype)
+        return acc, Assign(acc, initial)
+
+    # -- the kernel -------------------------------------------------------------------------
+
+    def kernel(self) -> Kernel:
+        from backends.lowering.templates import TEMPLATES
+
+        self.epilogues: dict[Value, Value] = {}
+        for node in self.body.nodes:
+            if node.op == "const" or _inlinable(node) and not self._shared(node):
+                continue
+            if _inlinable(node):  # read more than once: compute it once
+                for value in node.outputs:
+                    buffer = self.output_buffer(value)
+                    self.statements += self.loops(
+                        value.type.shape, lambda index, v=value, b=buffer: [
+                            Store(b, flat_index(index, v.type.shape), self._inline(node, v, tuple(index)))]
+                    )  # fmt: skip
+                continue
+            template = TEMPLATES.get(node.op)
+            if template is None:
+                raise LoweringError(f"{self.name}: no lowering for {node.op}")
+            for value in node.outputs:
+                epilogue = self._epilogue_of(value)
+                if epilogue is not None:
+                    self.epilogues[value] = epilogue
+                    self.written.add(self.body.outputs.index(epilogue))
+                else:
+                    self.output_buffer(value)
+            self.statements += template(self, node)
+        for position, value in enumerate(self.body.outputs):
+            if position in self.written:
+                continue
+            buffer = self.outputs[position]
+            self.statements += self.loops(
+                value.type.shape,
+                lambda index, v=value, b=buffer: [Store(b, flat_index(index, v.type.shape), self.element(v, index))],
+            )
+        statements = self.statements
+        if len(statements) == 1 and isinstance(statements[0], For):  # one loop nest: spread it over threads
+            statements = [_with_kind(statements[0], LoopKind.PARALLEL)]
+        params = (*self.params, *self.outputs)
+        outputs = tuple(range(len(self.params), len(params)))
+        return Kernel(self.name, params, tuple(statements), tuple(self.locals), self.source, outputs)
+
+    def _shared(self, node: Node) -> bool:
+        """An inlinable node read by more than one op (or returned and read): worth a buffer,
+        unless it is cheap to recompute (a movement op or a scalar)."""
+        if get_op(node.op).kind is OpKind.MOVEMENT or node.outputs[0].type.numel == 1:
+            return False
+        return any(self.uses.get(v, 0) > 1 for v in node.outputs)
+
+    def _epilogue_of(self, value: Value) -> Value | None:
+        """The group output computed from `value` alone by a single-reader chain of inlinable,
+        shape-preserving ops, if any (and if reading `value` at the stored position suffices)."""
+        current = value
+        while True:
+            if current in self.body.outputs:
+                break
+            readers = [n for n in self.body.nodes if current in n.inputs]
+            if len(readers) != 1 or self.uses.get(current, 0) != 1:
+                return None
+            reader = readers[0]
+            if not _inlinable(reader) or len(reader.outputs) != 1 or reader.outputs[0].type.shape != value.type.shape:
+                return None
+            current = reader.outputs[0]
+        if current is value or self.body.outputs.count(current) != 1 or self.uses.get(current, 0) > 1:
+            return None
+        # Try it: reading `value` anywhere but at the stored position disqualifies it.
+        probe = tuple(Ref(self.var("probe")) for _ in value.type.shape)
+        self.overrides[value] = (probe, const(0, value.type.dtype))
+        try:
+            self.element(current, probe)
+        except (_Mismatch, LoweringError):
+            return None
+        finally:
+            del self.overrides[value]
+        return current
+
+
+def _inlinable(node: Node) -> bool:
+    return node.op in SCALAR or node.op in INDEXING or node.op in ("split", "arange")
+
+
+def _count_uses(body: Graph) -> dict[Value, int]:
+    uses: dict[Value, int] = {}
+    for node in body.nodes:
+        for value in node.inputs:
+            uses[value] = uses.get(value, 0) + 1
+    for value in body.outputs:
+        uses[value] = uses.get(value, 0) + 1
+    return uses
+
+
+def _with_kind(loop: For, kind: LoopKind) -> For:
+    return For(loop.var, loop.extent, loop.body, kind)
+
+
+def _identifier(text: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in text)
+    return cleaned if cleaned[:1].isalpha() or cleaned[:1] == "_" else f"v{cleaned}"
+
+
+def expand_composites(body: Graph) -> Graph:
+    """The body with composite ops (attention) replaced by their decompositions."""
+    if not any(get_op(n.op).decompose and n.op != "fused" for n in body.nodes):
+        return body
+    builder = GraphBuilder(body.name)
+    builder.adopt_inputs(body.inputs)
+    env = {v: v for v in body.inputs}
+    for node in body.nodes:
+        definition = get_op(node.op)
+        inputs = [env[v] for v in node.inputs]
+        if node.op == "const":
+            builder.append(node, body.constants[node.attrs["name"]])
+            env[node.outputs[0]] = node.outputs[0]
+        elif definition.decompose is not None and definition.reference is None:
+            results = definition.decompose(builder, *inputs, **node.attrs)
+            env.update(zip(node.outputs, results if isinstance(results, tuple) else (results,)))
+        else:
+            results = builder.op(node.op, *inputs, source=node.source, **node.attrs)
+            env.update(zip(node.outputs, results if isinstance(results, tuple) else (results,)))
+    return builder.build(*(env[v] for v in body.outputs))
+
+
+def lower_group(node: Node, name: str) -> Kernel:
+    """The kernel of a `fused` node."""
+    from ir.printer import print_graph
+
+    body = node.attrs["body"]
+    return GroupLowering(body, name, print_graph(body, max_constant_elements=4)).kernel()

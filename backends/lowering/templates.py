@@ -1,0 +1,279 @@
+"""Loop nests for the ops a group must compute into a buffer: reductions, softmax, norms and
+contractions. Correct first: plain loop nests with scalar accumulators, in the order of
+operations of the op's numpy reference; the CPU speed issue replaces them with tiled ones.
+
+`TEMPLATES[op](lowering, node)` returns statements that compute the node's outputs, reading
+operands with `lowering.compute(value, index)` and writing with `lowering.store(value, index,
+expr)` (which may apply an epilogue). Accumulation is in the compute dtype (f32 for f16/bf16).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ir import DType, Node
+from ir.loop import Assign, Binary, Expr, For, Ref, Select, Stmt, Unary
+
+from backends.lowering.expr import const, i64, unflatten
+from backends.lowering.group import GroupLowering, compute_dtype
+
+
+def _split(shape: Sequence[int], axes: Sequence[int]) -> tuple[list[int], list[int]]:
+    kept = [a for a in range(len(shape)) if a not in axes]
+    return kept, list(axes)
+
+
+def _merge(rank: int, kept: Sequence[int], kept_index: Sequence[Expr], reduced: Sequence[int],
+           reduced_index: Sequence[Expr]) -> list[Expr]:  # fmt: skip
+    index: list[Expr] = [i64(0)] * rank
+    for axis, position in zip(kept, kept_index):
+        index[axis] = position
+    for axis, position in zip(reduced, reduced_index):
+        index[axis] = position
+    return index
+
+
+def _output_index(kept_index: Sequence[Expr], rank: int, kept: Sequence[int], keepdims: bool) -> list[Expr]:
+    if not keepdims:
+        return list(kept_index)
+    index: list[Expr] = [i64(0)] * rank
+    for axis, position in zip(kept, kept_index):
+        index[axis] = position
+    return index
+
+
+def _reduce_loop(lowering: GroupLowering, shape: Sequence[int], reduced: Sequence[int], body) -> list[Stmt]:
+    """Loops over the reduced axes (flattened into one loop); `body(reduced_index)`."""
+    count = math.prod(shape[a] for a in reduced)
+    var = lowering.var("r")
+    index = unflatten(Ref(var), [shape[a] for a in reduced]) if reduced else []
+    return [For(var, count, tuple(body(index)))]
+
+
+# -- reductions ----------------------------------------------------------------------------------
+
+_COMBINE = {"sum": "add", "mean": "add", "prod": "mul", "max": "max", "min": "min"}
+
+
+def _initial(op: str, dtype: DType) -> Expr:
+    if op in ("sum", "mean"):
+        return const(0, dtype)
+    if op == "prod":
+        return const(1, dtype)
+    if dtype.is_float:
+        return const(-math.inf if op == "max" else math.inf, dtype)
+    info = np.iinfo(dtype.numpy)
+    return const(info.min if op == "max" else info.max, dtype)
+
+
+def _reduction(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    (x,), (y,) = node.inputs, node.outputs
+    shape = x.type.shape
+    axes = tuple(sorted(a % len(shape) for a in node.attrs["axes"])) if node.attrs["axes"] else tuple(range(len(shape)))
+    kept, reduced = _split(shape, axes)
+    dtype = compute_dtype(y.type.dtype)
+
+    def body(kept_index: list[Expr]) -> list[Stmt]:
+        acc, start = lowering.accumulate("acc", dtype, _initial(node.op, dtype))
+        step = _reduce_loop(lowering, shape, reduced, lambda r: [
+            Assign(acc, Binary(_COMBINE[node.op], Ref(acc), lowering.compute(x, _merge(len(shape), kept, kept_index,
+                                                                                            reduced, r))))])  # fmt: skip
+        result: Expr = Ref(acc)
+        if node.op == "mean":
+            result = result / const(math.prod(shape[a] for a in reduced), dtype)
+        out = _output_index(kept_index, len(shape), kept, node.attrs["keepdims"])
+        return [start, *step, *lowering.store(y, out, result)]
+
+    return lowering.loops([shape[a] for a in kept], body)
+
+
+def _arg_reduction(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    (x,), (y,) = node.inputs, node.outputs
+    shape, axis = x.type.shape, node.attrs["axis"] % x.type.rank
+    kept = [a for a in range(len(shape)) if a != axis]
+    dtype = compute_dtype(x.type.dtype)
+    last = node.attrs["select_last_index"]
+    beats = "gt" if node.op == "argmax" else "lt"
+
+    def body(kept_index: list[Expr]) -> list[Stmt]:
+        first = lowering.compute(x, _merge(len(shape), kept, kept_index, [axis], [i64(0)]))
+        best, start_best = lowering.accumulate("best", dtype, first)
+        where, start_where = lowering.accumulate("at", DType.i64, i64(0))
+        r = lowering.var("r")
+        value = lowering.compute(x, _merge(len(shape), kept, kept_index, [axis], [Ref(r)]))
+        is_nan = value.ne(value) if dtype.is_float else const(False, DType.bool)
+        best_is_nan = Ref(best).ne(Ref(best)) if dtype.is_float else const(False, DType.bool)
+        if last:  # ties and later nans win
+            better = Binary("or", Binary("or", Binary(beats, value, Ref(best)), value.eq(Ref(best))), is_nan)
+            better = Binary("and", better, Binary("or", is_nan, Unary("not", best_is_nan)))
+        else:  # the first extreme wins; a nan beats any number
+            better = Binary("or", Binary(beats, value, Ref(best)), Binary("and", is_nan, Unary("not", best_is_nan)))
+        wins = lowering.var("wins", DType.bool)  # decided once: updating `best` changes the comparison
+        update = [
+            Assign(wins, better),
+            Assign(best, Select(Ref(wins), value, Ref(best))),
+            Assign(where, Select(Ref(wins), Ref(r), Ref(where))),
+        ]
+        out = _output_index(kept_index, len(shape), kept, node.attrs["keepdims"])
+        return [start_best, start_where, For(r, shape[axis], tuple(update)), *lowering.store(y, out, Ref(where))]
+
+    return lowering.loops([shape[a] for a in kept], body)
+
+
+# -- softmax and norms ---------------------------------------------------------------------------
+
+
+def _softmax(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    (x,), (y,) = node.inputs, node.outputs
+    shape, axis = x.type.shape, node.attrs["axis"] % x.type.rank
+    kept = [a for a in range(len(shape)) if a != axis]
+    dtype = compute_dtype(x.type.dtype)
+
+    def body(kept_index: list[Expr]) -> list[Stmt]:
+        def at(position: Expr) -> Expr:
+            return lowering.compute(x, _merge(len(shape), kept, kept_index, [axis], [position]))
+
+        peak, start_peak = lowering.accumulate("peak", dtype, const(-math.inf, dtype))
+        total, start_total = lowering.accumulate("total", dtype, const(0, dtype))
+        r1, r2, r3 = lowering.var("r"), lowering.var("r"), lowering.var("r")
+        find_peak = For(r1, shape[axis], (Assign(peak, Ref(peak).max(at(Ref(r1)))),))
+        add_up = For(r2, shape[axis], (Assign(total, Ref(total) + Unary("exp", at(Ref(r2)) - Ref(peak))),))
+        shifted = at(Ref(r3)) - Ref(peak)
+        result = Unary("exp", shifted) / Ref(total) if node.op == "softmax" else shifted - Unary("log", Ref(total))
+        index = _merge(len(shape), kept, kept_index, [axis], [Ref(r3)])
+        write = For(r3, shape[axis], tuple(lowering.store(y, index, result)))
+        return [start_peak, find_peak, start_total, add_up, write]
+
+    return lowering.loops([shape[a] for a in kept], body)
+
+
+def _trailing_norm(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    """layer_norm and rms_norm over the axes from `axis` to the last."""
+    x, *affine = node.inputs
+    (y,) = node.outputs
+    shape = x.type.shape
+    first = node.attrs["axis"] % x.type.rank
+    kept, reduced = list(range(first)), list(range(first, len(shape)))
+    dtype = compute_dtype(x.type.dtype)
+    count = const(math.prod(shape[first:]), dtype)
+    epsilon = const(node.attrs["epsilon"], dtype)
+
+    def body(kept_index: list[Expr]) -> list[Stmt]:
+        def at(r: list[Expr]) -> Expr:
+            return lowering.compute(x, _merge(len(shape), kept, kept_index, reduced, r))
+
+        statements: list[Stmt] = []
+        if node.op == "layer_norm":
+            total, start = lowering.accumulate("sum", dtype, const(0, dtype))
+            statements += [
+                start,
+                *_reduce_loop(lowering, shape, reduced, lambda r: [Assign(total, Ref(total) + at(r))]),
+            ]
+            mean, set_mean = lowering.accumulate("mean", dtype, Ref(total) / count)
+            squares, start_squares = lowering.accumulate("sq", dtype, const(0, dtype))
+
+            def add_square(r: list[Expr]) -> list[Stmt]:
+                centered = at(r) - Ref(mean)
+                return [Assign(squares, Ref(squares) + centered * centered)]
+
+            statements += [set_mean, start_squares, *_reduce_loop(lowering, shape, reduced, add_square)]
+            scale, set_scale = lowering.accumulate("std", dtype, Unary("sqrt", Ref(squares) / count + epsilon))
+
+            def normalized(r: list[Expr]) -> Expr:
+                return (at(r) - Ref(mean)) / Ref(scale)
+        else:
+            squares, start = lowering.accumulate("sq", dtype, const(0, dtype))
+            statements += [start, *_reduce_loop(lowering, shape, reduced, lambda r: [
+                Assign(squares, Ref(squares) + at(r) * at(r))])]  # fmt: skip
+            scale, set_scale = lowering.accumulate("rms", dtype, Unary("sqrt", Ref(squares) / count + epsilon))
+
+            def normalized(r: list[Expr]) -> Expr:
+                return at(r) / Ref(scale)
+
+        def write(r: list[Expr]) -> list[Stmt]:
+            value = normalized(r)
+            for parameter in affine:  # weight, then bias (layer_norm); weight (rms_norm)
+                element = lowering.compute(parameter, r)
+                value = value * element if parameter is affine[0] else value + element
+            return lowering.store(y, _merge(len(shape), kept, kept_index, reduced, r), value)
+
+        return [*statements, set_scale, *_reduce_loop(lowering, shape, reduced, write)]
+
+    return lowering.loops([shape[a] for a in kept], body)
+
+
+# -- contractions --------------------------------------------------------------------------------
+
+
+def _matmul(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    a, b = node.inputs
+    (y,) = node.outputs
+    dtype = compute_dtype(y.type.dtype)
+    a_shape = a.type.shape if a.type.rank > 1 else (1, *a.type.shape)
+    b_shape = b.type.shape if b.type.rank > 1 else (*b.type.shape, 1)
+    batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    rows, depth, columns = a_shape[-2], a_shape[-1], b_shape[-1]
+
+    def body(index: list[Expr]) -> list[Stmt]:
+        *batch_index, row, column = index
+        acc, start = lowering.accumulate("acc", dtype, const(0, dtype))
+        k = lowering.var("k")
+
+        def operand(value, shape, pair):
+            full = [*_broadcast(batch_index, shape[:-2]), *pair]
+            return lowering.compute(
+                value, full if value.type.rank > 1 else full[-1:] if shape[-2] == 1 else full[-2:-1]
+            )
+
+        product = operand(a, a_shape, [row, Ref(k)]) * operand(b, b_shape, [Ref(k), column])
+        out = list(batch_index) + ([row] if a.type.rank > 1 else []) + ([column] if b.type.rank > 1 else [])
+        return [start, For(k, depth, (Assign(acc, Ref(acc) + product),)), *lowering.store(y, out, Ref(acc))]
+
+    return lowering.loops([*batch, rows, columns], body)
+
+
+def _broadcast(index: Sequence[Expr], shape: Sequence[int]) -> list[Expr]:
+    lead = len(index) - len(shape)
+    return [i64(0) if size == 1 else index[lead + axis] for axis, size in enumerate(shape)]
+
+
+def _gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    a, b, *bias = node.inputs
+    (y,) = node.outputs
+    attrs = node.attrs
+    dtype = compute_dtype(y.type.dtype)
+    depth = a.type.shape[0] if attrs["trans_a"] else a.type.shape[-1]
+
+    def body(index: list[Expr]) -> list[Stmt]:
+        *rows, column = index
+        acc, start = lowering.accumulate("acc", dtype, const(0, dtype))
+        k = lowering.var("k")
+        a_index = [Ref(k), rows[0]] if attrs["trans_a"] else [*rows, Ref(k)]
+        b_index = [column, Ref(k)] if attrs["trans_b"] else [Ref(k), column]
+        product = lowering.compute(a, a_index) * lowering.compute(b, b_index)
+        result: Expr = Ref(acc)
+        if attrs["alpha"] != 1.0:
+            result = const(attrs["alpha"], dtype) * result
+        if bias:
+            (c,) = bias
+            term = lowering.compute(c, _broadcast(index, c.type.shape))
+            result = result + (term if attrs["beta"] == 1.0 else const(attrs["beta"], dtype) * term)
+        return [start, For(k, depth, (Assign(acc, Ref(acc) + product),)), *lowering.store(y, index, result)]
+
+    return lowering.loops(y.type.shape, body)
+
+
+TEMPLATES: dict[str, Callable[[GroupLowering, Node], list[Stmt]]] = {
+    **{op: _reduction for op in ("sum", "mean", "prod", "max", "min")},
+    "argmax": _arg_reduction,
+    "argmin": _arg_reduction,
+    "softmax": _softmax,
+    "log_softmax": _softmax,
+    "layer_norm": _trailing_norm,
+    "rms_norm": _trailing_norm,
+    "matmul": _matmul,
+    "gemm": _gemm,
+}
