@@ -1,2 +1,49 @@
 """What runs a compiled program. Knows nothing of the graph IR, so a saved program runs with
-only this package and its own dependencies installed."""
+only this package and its own dependencies installed.
+
+- `program`: `Program` (buffers, launches, constants, code) and its one-file save format;
+- `memory`: the memory plan, intermediates packed into one arena by liveness;
+- `cpu`: `CpuExecutor`, which JIT-compiles a program's LLVM IR and runs it on a thread pool;
+- `errors`: what the runtime raises on purpose.
+
+llvmlite is imported when a CPU program is first compiled, not here.
+"""
+
+from __future__ import annotations
+
+import os
+
+from runtime.cpu import CpuExecutor, host_target
+from runtime.errors import (
+    CodeCompilationError,
+    InputMismatchError,
+    ProgramError,
+    ProgramFormatError,
+    ProgramRuntimeError,
+)
+from runtime.memory import lifetimes_from_launches, plan_arena, plan_memory
+from runtime.program import BufferSpec, Launch, Program, load
+
+
+def load_executor(path: str | os.PathLike, threads: int | None = None) -> CpuExecutor:
+    """Load a saved CPU program and compile it for this machine, ready to `run`."""
+    return CpuExecutor(load(path), threads=threads)
+
+
+__all__ = [
+    "BufferSpec",
+    "CodeCompilationError",
+    "CpuExecutor",
+    "InputMismatchError",
+    "Launch",
+    "Program",
+    "ProgramError",
+    "ProgramFormatError",
+    "ProgramRuntimeError",
+    "host_target",
+    "lifetimes_from_launches",
+    "load",
+    "load_executor",
+    "plan_arena",
+    "plan_memory",
+]

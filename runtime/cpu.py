@@ -1,0 +1,389 @@
+"""The CPU executor: JIT-compiles a program's LLVM IR for this host and runs its launches on a
+pool of threads.
+
+The generated code follows one ABI (DESIGN.md, "Runtime"): each kernel is
+`void NAME(void **args, int64_t worker, int64_t workers)`; a kernel whose body is one parallel
+loop runs worker w's share of it, any other runs whole on worker 0. Handing each kernel to a
+Python thread pool costs ~100 µs a kernel in wake-ups, so the executor links a small driver
+of its own into the program's module instead: `kiln_run_launches` walks the launch table and
+calls every kernel for one worker, with a spinning barrier (atomics) between kernels, the way
+an OpenMP parallel region spans loops. Each run is then one ctypes call per worker thread
+(ctypes releases the GIL), and a kernel boundary costs a barrier, not a Python round trip.
+
+The IR, not machine code, is what a program carries, so a program saved on one machine is
+compiled for the CPU it runs on; compiled objects are cached in the process by a hash of the
+IR and the host, so a second executor for the same program skips LLVM's optimiser.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import re
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import CodeCompilationError, InputMismatchError, ProgramError
+from runtime.program import BufferSpec, Program, describe_array
+
+ALIGNMENT = 64
+"""Bytes: the arena base and fresh outputs start on a cache line (and an AVX-512 vector)."""
+
+DRIVER_SYMBOL = "kiln_run_launches"
+
+# One worker's walk over the launches. %fns, %args: one function pointer and one `void **` per
+# launch; %parallel: one byte per launch (0: call on worker 0 only, as one worker). The barrier
+# is a counter and a generation number, a cache line apart so arrivals do not slow the spinners:
+# the last to arrive resets the counter and bumps the generation, which releases the rest.
+_DRIVER_IR = """
+declare i32 @sched_yield()
+{pause_declaration}
+
+define void @kiln_run_launches(ptr %fns, ptr %args, ptr %parallel, i64 %n, i64 %worker, i64 %workers, ptr %barrier) {{
+entry:
+  %empty = icmp eq i64 %n, 0
+  br i1 %empty, label %exit, label %loop
+loop:
+  %i = phi i64 [ 0, %entry ], [ %next, %joined ]
+  %fn.slot = getelementptr ptr, ptr %fns, i64 %i
+  %fn = load ptr, ptr %fn.slot
+  %args.slot = getelementptr ptr, ptr %args, i64 %i
+  %a = load ptr, ptr %args.slot
+  %flag.slot = getelementptr i8, ptr %parallel, i64 %i
+  %flag = load i8, ptr %flag.slot
+  %is.parallel = icmp ne i8 %flag, 0
+  br i1 %is.parallel, label %call.parallel, label %check.first
+call.parallel:
+  call void %fn(ptr %a, i64 %worker, i64 %workers)
+  br label %called
+check.first:
+  %is.first = icmp eq i64 %worker, 0
+  br i1 %is.first, label %call.serial, label %called
+call.serial:
+  call void %fn(ptr %a, i64 0, i64 1)
+  br label %called
+called:
+  %next = add i64 %i, 1
+  %more = icmp ult i64 %next, %n
+  %several = icmp ugt i64 %workers, 1
+  %wait = and i1 %more, %several
+  br i1 %wait, label %barrier.wait, label %joined
+barrier.wait:
+  call void @kiln_barrier(ptr %barrier, i64 %workers)
+  br label %joined
+joined:
+  br i1 %more, label %loop, label %exit
+exit:
+  ret void
+}}
+
+define internal void @kiln_barrier(ptr %count, i64 %workers) noinline {{
+entry:
+  %generation = getelementptr i64, ptr %count, i64 8
+  %seen = load atomic i64, ptr %generation acquire, align 8
+  %arrived = atomicrmw add ptr %count, i64 1 acq_rel
+  %last.index = sub i64 %workers, 1
+  %is.last = icmp eq i64 %arrived, %last.index
+  br i1 %is.last, label %release, label %spin
+release:
+  store atomic i64 0, ptr %count monotonic, align 8
+  %old = atomicrmw add ptr %generation, i64 1 release
+  ret void
+spin:
+  %k = phi i64 [ 0, %entry ], [ %k.next, %pause ], [ %k.next, %yield ]
+  %now = load atomic i64, ptr %generation acquire, align 8
+  %same = icmp eq i64 %now, %seen
+  br i1 %same, label %backoff, label %done
+backoff:
+  %k.next = add i64 %k, 1
+  %patient = icmp ult i64 %k, 1000
+  br i1 %patient, label %pause, label %yield
+pause:
+  {pause_call}
+  br label %spin
+yield:
+  ; a worker that is not running (more threads than free cores) gets the core sooner
+  %ignored = call i32 @sched_yield()
+  br label %spin
+done:
+  ret void
+}}
+"""
+
+_PAUSE = {  # the spin-wait hint per architecture: saves power and a pipeline flush on exit
+    "x86_64": ("declare void @llvm.x86.sse2.pause()", "call void @llvm.x86.sse2.pause()"),
+    "aarch64": ("declare void @llvm.aarch64.hint(i32)", "call void @llvm.aarch64.hint(i32 1)"),
+}
+
+# Function attributes that pin code to the CPU it was generated on; dropped when the host differs.
+_TARGET_ATTRIBUTES = re.compile(r'"(target-cpu|target-features|tune-cpu)"="[^"]*"')
+
+_OBJECT_CACHE: dict[str, bytes] = {}
+"""Compiled objects by a hash of the IR and the host: executors of one program share them."""
+
+
+@functools.cache
+def _llvm() -> Any:
+    import llvmlite.binding as llvm  # lazy: loading a program needs no LLVM
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    llvm.initialize_native_asmparser()
+    return llvm
+
+
+@functools.cache
+def host_target() -> dict[str, str]:
+    """The host as `Program.code` records it: LLVM triple, CPU name and feature string."""
+    llvm = _llvm()
+    return {
+        "triple": llvm.get_process_triple(),
+        "cpu": llvm.get_host_cpu_name(),
+        "features": llvm.get_host_cpu_features().flatten(),
+    }
+
+
+def _host_target_machine() -> Any:
+    """A new one per engine: an MCJIT engine owns its target machine and disposes of it."""
+    llvm, host = _llvm(), host_target()
+    target = llvm.Target.from_triple(host["triple"])
+    return target.create_target_machine(cpu=host["cpu"], features=host["features"], opt=3, jit=True)
+
+
+def _driver_ir(triple: str) -> str:
+    declaration, call = _PAUSE.get(triple.split("-")[0], ("", ""))
+    return _DRIVER_IR.format(pause_declaration=declaration, pause_call=call)
+
+
+def compile_llvm_ir(code: dict[str, Any]) -> Any:
+    """An LLVM execution engine holding `code["llvm_ir"]` and the launch driver, compiled at
+    O3 for this host. Keep the engine alive while its functions are called."""
+    llvm, host, machine = _llvm(), host_target(), _host_target_machine()
+    text = code["llvm_ir"]
+    if (code.get("cpu"), code.get("features")) != (host["cpu"], host["features"]):
+        # Generated for another CPU: compile for this one instead. A placeholder keeps an attribute
+        # group that held only these from becoming empty, which LLVM rejects.
+        text = _TARGET_ATTRIBUTES.sub(r'"kiln-dropped-\1"', text)
+    try:
+        module = llvm.parse_assembly(text)
+        module.link_in(llvm.parse_assembly(_driver_ir(host["triple"])))
+        module.verify()
+    except RuntimeError as error:
+        raise CodeCompilationError(f"the program's LLVM IR does not compile: {error}") from error
+    module.triple = machine.triple
+    module.data_layout = str(machine.target_data)
+    key = hashlib.sha256("\0".join([text, host["triple"], host["cpu"], host["features"]]).encode()).hexdigest()
+    if key not in _OBJECT_CACHE:
+        tuning = llvm.create_pipeline_tuning_options(speed_level=3)
+        tuning.slp_vectorization = True  # off by default in LLVM's options; clang turns it on at O2+
+        builder = llvm.create_pass_builder(machine, tuning)
+        builder.getModulePassManager().run(module, builder)
+    engine = llvm.create_mcjit_compiler(module, machine)
+    engine.set_object_cache(
+        notify_func=lambda _module, data: _OBJECT_CACHE.setdefault(key, data),
+        getbuffer_func=lambda _module: _OBJECT_CACHE.get(key),
+    )
+    engine.finalize_object()
+    return engine
+
+
+def _aligned_empty(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ALIGNMENT-byte boundary."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+class _WorkerPool:
+    """`workers - 1` daemon threads that each run one job per `run`; the caller is worker 0.
+    Holds no reference to the executor, so an executor that is dropped stops its threads."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._job: Callable[[int], None] | None = None
+        self._start = [threading.Semaphore(0) for _ in range(workers - 1)]
+        self._done = threading.Semaphore(0)
+        self._errors: list[BaseException] = []
+        for w in range(1, workers):
+            threading.Thread(target=self._serve, args=(w,), name=f"kiln-cpu-worker-{w}", daemon=True).start()
+
+    def _serve(self, worker: int) -> None:
+        while True:
+            self._start[worker - 1].acquire()
+            job = self._job
+            if job is None:
+                return
+            try:
+                job(worker)
+            except BaseException as error:  # reported by run() on the calling thread
+                self._errors.append(error)
+            finally:
+                self._done.release()
+
+    def run(self, job: Callable[[int], None]) -> None:
+        self._job = job
+        for start in self._start:
+            start.release()
+        try:
+            job(0)
+        finally:
+            for _ in self._start:
+                self._done.acquire()
+        if self._errors:
+            error, self._errors = self._errors[0], []
+            raise error
+
+    def close(self) -> None:
+        self._job = None
+        for start in self._start:
+            start.release()
+
+
+def default_threads() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class CpuExecutor:
+    """Runs a CPU `Program`: `run(inputs) -> outputs`, with numpy arrays.
+
+    Everything that does not change between runs is built once: the compiled code, the arena,
+    the constants, and a table of every launch's argument pointers; a run only writes its
+    inputs' and fresh outputs' addresses into that table. Runs of one executor are serialised
+    (they share the arena); use one executor per thread for concurrent runs.
+    """
+
+    def __init__(self, program: Program, threads: int | None = None) -> None:
+        if program.target != "cpu" or "llvm_ir" not in program.code:
+            raise ProgramError(f"program {program.name!r} targets {program.target!r}, not the CPU (no LLVM IR)")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.program = program
+        self.threads = threads or default_threads()
+        self._engine = compile_llvm_ir(program.code)
+        self._lock = threading.Lock()
+        self._pool = _WorkerPool(self.threads) if self._uses_threads() else _WorkerPool(1)
+        weakref.finalize(self, self._pool.close)
+        self._place_buffers()
+        self._build_launch_table()
+
+    def _uses_threads(self) -> bool:
+        return self.threads > 1 and any(launch.parallel for launch in self.program.launches)
+
+    def _place_buffers(self) -> None:
+        """Fixed addresses (constants, intermediates in the arena) and the slots that a run fills
+        (inputs first, then the buffers of kind output)."""
+        program = self.program
+        self._arena = _aligned_empty((program.arena_bytes,), np.dtype(np.uint8))
+        # Kernels only read constants; a contiguous copy only where the program's array is not.
+        self._constants = {
+            i: array if array.flags.c_contiguous else array.copy(order="C") for i, array in program.constants.items()
+        }
+        self._input_specs = program.input_specs
+        self._fresh_outputs = tuple(dict.fromkeys(i for i in program.outputs if program.buffers[i].kind == "output"))
+        self._slot_of = {i: s for s, i in enumerate(program.inputs + self._fresh_outputs)}
+        self._address: dict[int, int] = {i: array.ctypes.data for i, array in self._constants.items()}
+        for i, spec in enumerate(program.buffers):
+            if spec.kind == "intermediate":
+                self._address[i] = self._arena.ctypes.data + spec.offset
+
+    def _build_launch_table(self) -> None:
+        launches = self.program.launches
+        functions = {}
+        for name in dict.fromkeys(launch.kernel for launch in launches):
+            address = self._engine.get_function_address(name) if name.isidentifier() else 0
+            if not address:
+                raise CodeCompilationError(f"program {self.program.name!r} launches {name!r}, which its code lacks")
+            functions[name] = address
+        starts = np.cumsum([0] + [len(launch.args) for launch in launches])
+        self._table = np.zeros(max(int(starts[-1]), 1), dtype=np.uint64)
+        patch_positions, patch_slots = [], []
+        for k, launch in enumerate(launches):
+            for p, i in enumerate(launch.args):
+                position = int(starts[k]) + p
+                if i in self._slot_of:
+                    patch_positions.append(position)
+                    patch_slots.append(self._slot_of[i])
+                else:
+                    self._table[position] = self._address.get(i, 0)
+        self._patch_positions = np.array(patch_positions, dtype=np.intp)
+        self._patch_slots = np.array(patch_slots, dtype=np.intp)
+        self._functions = np.array([functions[launch.kernel] for launch in launches] or [0], dtype=np.uint64)
+        self._arguments = np.array([self._table.ctypes.data + 8 * int(s) for s in starts[:-1]] or [0], dtype=np.uint64)
+        self._parallel = np.array([launch.parallel for launch in launches] or [0], dtype=np.uint8)
+        self._barrier = _aligned_empty((16,), np.dtype(np.int64))
+        self._barrier[:] = 0
+        driver_type = ctypes.CFUNCTYPE(
+            None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+            ctypes.c_void_p,
+        )  # fmt: skip
+        driver = driver_type(self._engine.get_function_address(DRIVER_SYMBOL))
+        fixed = (self._functions.ctypes.data, self._arguments.ctypes.data, self._parallel.ctypes.data, len(launches))
+        barrier, workers = self._barrier.ctypes.data, self._pool.workers
+        self._job = lambda worker: driver(*fixed, worker, workers, barrier)
+
+    def _checked_inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        specs = self._input_specs
+        if len(inputs) != len(specs):
+            names = ", ".join(spec.name for spec in specs)
+            raise InputMismatchError(
+                f"program {self.program.name!r} takes {len(specs)} input(s) ({names}), got {len(inputs)}"
+            )
+        checked = []
+        for spec, value in zip(specs, inputs, strict=True):
+            array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            if array.shape != tuple(spec.shape) or array.dtype != spec.numpy_dtype:
+                raise InputMismatchError(
+                    f"input {spec.name!r} of program {self.program.name!r}: expected "
+                    f"{describe_array(spec.dtype, spec.shape)}, got {describe_array(str(array.dtype), array.shape)}"
+                )
+            checked.append(array if array.flags.c_contiguous else array.copy(order="C"))
+        return checked
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The program's outputs for `inputs` (numpy arrays of the declared shapes and dtypes,
+        bf16 as ml_dtypes.bfloat16), as fresh arrays."""
+        program = self.program
+        arrays = self._checked_inputs(inputs)
+        fresh = [_aligned_empty(program.buffers[i].shape, program.buffers[i].numpy_dtype) for i in self._fresh_outputs]
+        addresses = np.array([a.ctypes.data for a in arrays + fresh], dtype=np.uint64)
+        with self._lock:
+            self._table[self._patch_positions] = addresses[self._patch_slots]
+            self._pool.run(self._job)
+            return self._collect_outputs(arrays, dict(zip(self._fresh_outputs, fresh, strict=True)))
+
+    def _collect_outputs(self, arrays: list[np.ndarray], fresh: dict[int, np.ndarray]) -> list[np.ndarray]:
+        """Each output as its own array: a fresh output the first time, a copy after that; an
+        input, constant or intermediate that is an output is copied (the caller owns results)."""
+        program, results, handed_out = self.program, [], set()
+        for i in program.outputs:
+            spec = program.buffers[i]
+            if spec.kind == "output" and i not in handed_out:
+                handed_out.add(i)
+                results.append(fresh[i])
+            elif spec.kind == "output":
+                results.append(fresh[i].copy())
+            elif spec.kind == "input":
+                results.append(arrays[program.inputs.index(i)].copy())
+            elif spec.kind == "constant":
+                results.append(self._constants[i].copy())
+            else:
+                results.append(self._view(spec).copy())
+        return results
+
+    def _view(self, spec: BufferSpec) -> np.ndarray:
+        data = self._arena[spec.offset : spec.offset + spec.nbytes]
+        return data.view(spec.numpy_dtype).reshape(spec.shape)
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        return self.run(inputs)

@@ -1,0 +1,84 @@
+"""The memory plan: a program's intermediates packed into one arena by liveness.
+
+An intermediate lives from the first launch that uses it (the one that writes it) to the last
+launch that reads it; two intermediates whose lives do not overlap may share bytes. Placing
+them is interval colouring with sizes, NP-hard in general; the greedy order that TFLite's
+arena planner uses does well in practice: largest buffer first, each into the smallest gap
+(best fit) left between the already placed buffers whose lives overlap its own, else on top.
+Offsets and sizes are rounded up to `alignment` bytes (64: a cache line and an AVX-512 vector),
+which the executor's arena base also has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from runtime.program import BufferSpec, Launch
+
+Lifetime = tuple[int, int]
+"""(first launch, last launch) that use a buffer, both inclusive."""
+
+
+def _round_up(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+def lifetimes_from_launches(launches: Sequence[Launch], n_buffers: int) -> list[Lifetime | None]:
+    """For each buffer index, the first and last launch that take it, or None if none does.
+    The first use is the write: a program never reads an intermediate before writing it."""
+    lifetimes: list[Lifetime | None] = [None] * n_buffers
+    for k, launch in enumerate(launches):
+        for i in launch.args:
+            first = lifetimes[i][0] if lifetimes[i] is not None else k
+            lifetimes[i] = (first, k)
+    return lifetimes
+
+
+def plan_memory(
+    sizes: Sequence[int], lifetimes: Sequence[Lifetime | None], alignment: int = 64
+) -> tuple[list[int], int]:
+    """Byte offsets for buffers of `sizes` live over `lifetimes`, and the arena size they need.
+    Buffers alive at the same launch never overlap; a buffer no launch uses (lifetime None) is
+    never touched, so it gets offset 0 and only its size counts towards the arena."""
+    assert len(sizes) == len(lifetimes), "one lifetime per size"
+    rounded = [_round_up(size, alignment) for size in sizes]
+    offsets = [0] * len(sizes)
+    placed: list[int] = []
+    order = sorted(range(len(sizes)), key=lambda i: (-rounded[i], lifetimes[i] or (0, 0), i))
+    for i in order:
+        if lifetimes[i] is None or rounded[i] == 0:
+            continue
+        first, last = lifetimes[i]
+        overlapping = sorted(
+            (j for j in placed if lifetimes[j][0] <= last and first <= lifetimes[j][1]), key=lambda j: offsets[j]
+        )
+        best_offset, best_gap, top = None, None, 0
+        for j in overlapping:
+            gap = offsets[j] - top
+            if gap >= rounded[i] and (best_gap is None or gap < best_gap):
+                best_offset, best_gap = top, gap
+            top = max(top, offsets[j] + rounded[j])
+        offsets[i] = top if best_offset is None else best_offset
+        placed.append(i)
+    arena = max((offsets[i] + rounded[i] for i in range(len(sizes))), default=0)
+    return offsets, arena
+
+
+def plan_arena(
+    buffers: Sequence[BufferSpec], launches: Sequence[Launch], outputs: Sequence[int] = (), alignment: int = 64
+) -> tuple[tuple[BufferSpec, ...], int]:
+    """Give every intermediate of a program its arena offset: `buffers` with offsets filled in,
+    and the arena's size. An intermediate that is also an output stays live to the end, since the
+    executor copies it out after the last launch."""
+    lifetimes = lifetimes_from_launches(launches, len(buffers))
+    end = max(len(launches) - 1, 0)
+    for i in outputs:
+        if lifetimes[i] is not None:
+            lifetimes[i] = (lifetimes[i][0], end)
+    chosen = [i for i, spec in enumerate(buffers) if spec.kind == "intermediate"]
+    offsets, arena = plan_memory([buffers[i].nbytes for i in chosen], [lifetimes[i] for i in chosen], alignment)
+    planned = list(buffers)
+    for i, offset in zip(chosen, offsets, strict=True):
+        planned[i] = dataclasses.replace(buffers[i], offset=offset)
+    return tuple(planned), arena
