@@ -6,7 +6,8 @@
 The model goes through its frontend into the graph IR, then through the target's pipeline
 (`passes`), then to the target's executor. Calls take numpy arrays or torch tensors and
 return the same kind; shapes and dtypes are checked against the graph before anything runs.
-Targets: `reference` (the numpy interpreter: the oracle every other target is compared with).
+Targets: `reference` (the numpy interpreter: the oracle every other target is compared with)
+and `cpu` (kernels lowered to LLVM IR, compiled for the host, run by `runtime.CpuExecutor`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import ir
 from compiler.errors import InputMismatchError
 from compiler.frontends import ImportedModel, import_model
 from compiler.tensors import is_torch_tensor, to_numpy, to_torch
-from passes import Pass, PassManager
+from passes import Pass, PassManager, parse_pipeline
 from passes.instruments import PassStatistics
 from passes.pipelines import default_pipeline
 
-TARGETS = ("reference",)
+TARGETS = ("reference", "cpu")
 
 
 @dataclass
@@ -40,11 +41,16 @@ class CompiledModel:
     """The graph the target runs, after the pipeline."""
     stats: dict[str, Any] = field(default_factory=dict)
     """`passes`: one `PassRecord` per pass run (nodes before/after, kernels, FLOPs, time)."""
+    program: Any = None
+    """The `runtime.Program` a compiled (non-reference) target runs."""
+    kernels: dict[str, str] = field(default_factory=dict)
+    """Kernel name -> its kernel IR, printed."""
+    executor: Any = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         given = self.imported.flatten_inputs(args, kwargs)
         arrays = check_inputs(self.graph, given)
-        outputs = ir.run(self.graph, arrays)
+        outputs = ir.run(self.graph, arrays) if self.executor is None else self.executor.run(arrays)
         like = next((g for g in given if is_torch_tensor(g)), None)
         if like is not None:
             outputs = [to_torch(o, like) for o in outputs]
@@ -98,7 +104,19 @@ def compile(
     if example_inputs is not None:
         steps = with_example_inputs(steps, imported, example_inputs)
     graph = PassManager(steps, instruments=[statistics], verify_each=debug).run(imported.graph)
-    return CompiledModel(imported, target, graph, {"passes": statistics.records})
+    compiled = CompiledModel(imported, target, graph, {"passes": statistics.records})
+    if target == "cpu":
+        from backends.cpu import build_program
+        from ir.loop import print_kernel
+        from runtime import CpuExecutor
+
+        if opt_level < 2:  # the CPU target runs kernels: fuse is what makes them
+            graph = PassManager(parse_pipeline("fuse")).run(graph)
+            compiled.graph = graph
+        compiled.program, kernels = build_program(graph)
+        compiled.kernels = {k.name: print_kernel(k) for k in kernels}
+        compiled.executor = CpuExecutor(compiled.program)
+    return compiled
 
 
 def with_example_inputs(steps: list[Pass], imported: ImportedModel, example_inputs: Sequence[Any]) -> list[Pass]:

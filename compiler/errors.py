@@ -19,6 +19,7 @@ from ir.errors import (
     UnknownOpError,
     VerificationError,
 )
+from runtime.errors import CodeCompilationError, ProgramError, ProgramFormatError, ProgramRuntimeError
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,10 @@ def missing_dependency(package: str, extra: str, purpose: str) -> MissingDepende
 
 
 __all__ = [
+    "CodeCompilationError",
+    "ProgramError",
+    "ProgramFormatError",
+    "ProgramRuntimeError",
     "InputMismatchError",
     "InterpreterError",
     "KilnError",

@@ -129,14 +129,36 @@ _OBJECT_CACHE: dict[str, bytes] = {}
 """Compiled objects by a hash of the IR and the host: executors of one program share them."""
 
 
+# The C libraries generated code calls into (tanhf, erf, fmodf, malloc, ...): MCJIT resolves
+# symbols only from libraries loaded into its symbol table, not from whatever the process has.
+_RUNTIME_LIBRARIES = ("m", "c", "gcc_s")
+
+
 @functools.cache
 def _llvm() -> Any:
+    import ctypes.util
+
     import llvmlite.binding as llvm  # lazy: loading a program needs no LLVM
 
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     llvm.initialize_native_asmparser()
+    for library in _RUNTIME_LIBRARIES:
+        path = ctypes.util.find_library(library)
+        if path:
+            llvm.load_library_permanently(path)
     return llvm
+
+
+def _check_external_symbols(llvm: Any, module: Any) -> None:
+    """MCJIT aborts the process on a symbol it cannot resolve: find them first and raise."""
+    missing = [
+        f.name
+        for f in module.functions
+        if f.is_declaration and not f.name.startswith("llvm.") and llvm.address_of_symbol(f.name) is None
+    ]
+    if missing:
+        raise CodeCompilationError(f"the program's code calls {', '.join(missing)}, which no loaded library provides")
 
 
 @functools.cache
@@ -185,6 +207,7 @@ def compile_llvm_ir(code: dict[str, Any]) -> Any:
         tuning.slp_vectorization = True  # off by default in LLVM's options; clang turns it on at O2+
         builder = llvm.create_pass_builder(machine, tuning)
         builder.getModulePassManager().run(module, builder)
+    _check_external_symbols(llvm, module)
     engine = llvm.create_mcjit_compiler(module, machine)
     engine.set_object_cache(
         notify_func=lambda _module, data: _OBJECT_CACHE.setdefault(key, data),
