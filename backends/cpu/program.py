@@ -9,12 +9,11 @@ for the host when the program is loaded.
 
 from __future__ import annotations
 
+from backends.llvm.codegen import emit_module
+from backends.lowering.group import lower_group
 from ir import Graph, KilnError, Value
 from ir.loop import For, Kernel, LoopKind
 from runtime import BufferSpec, Launch, Program, host_target, plan_arena
-
-from backends.llvm.codegen import emit_module
-from backends.lowering.group import lower_group
 
 
 def build_program(graph: Graph) -> tuple[Program, list[Kernel]]:
