@@ -1,15 +1,17 @@
 """canonicalize: algebraic simplification into one canonical form, by rewrite rules applied to a
 fixpoint (`passes.rewrite`), then no dead nodes.
 
-The rules, each with its identity next to it below, fall into five groups: identity arithmetic
+The rules, each with its identity next to it below, fall into six groups: identity arithmetic
 (`x * 1 -> x`), ops applied twice (`neg(neg(x)) -> x`, `relu(relu(x)) -> relu(x)`), movement ops
 that do nothing or compose (`reshape(reshape(x)) -> reshape(x)`, cast chains), contractions
 (transposes folded into `gemm`, `matmul + bias -> gemm`, batch-norm folded into the weights of a
-preceding conv or gemm) and a canonical operand order (a commutative op takes its constant
-second, so CSE sees `x + c` and `c + x` as one). Which ops a rule covers comes from the op table
-wherever the table says it (`Law.IDEMPOTENT`, `Law.INVOLUTION`, `Law.COMMUTATIVE`). No rule
-changes an output's shape or dtype, and a rule that would absorb a node others still read (a
-matmul into a gemm) waits until it is the node's only reader, so no work is duplicated.
+preceding conv or gemm), attention (in `passes.attention_rules`: batched matmuls freed of the
+reshapes around them, `softmax(q @ k^T * c, masked) @ v -> scaled_dot_product_attention`) and a
+canonical operand order (a commutative op takes its constant second, so CSE sees `x + c` and
+`c + x` as one). Which ops a rule covers comes from the op table wherever the table says it
+(`Law.IDEMPOTENT`, `Law.INVOLUTION`, `Law.COMMUTATIVE`). No rule changes an output's shape or
+dtype, and a rule that would absorb a node others still read (a matmul into a gemm) waits until
+it is the node's only reader, so no work is duplicated.
 
 Numerics: reassociating. Most rules are exact (bit-identical in the reference interpreter); the
 ones that are not say why and are marked `exact=False`:
@@ -18,7 +20,10 @@ ones that are not say why and are marked `exact=False`:
   - `matmul + add -> gemm` in f16/bf16 (the gemm rounds once where matmul-then-add rounds twice),
   - batch-norm folding (rescaled weights round differently),
   - a constant holding a float zero moved second (maximum(0.0, -0.0) is -0.0, maximum(-0.0, 0.0)
-    is 0.0: commuted operands differ only in the sign of a zero).
+    is 0.0: commuted operands differ only in the sign of a zero),
+  - attention scaled by a division (the op multiplies by the reciprocal), in f16/bf16, or with an
+    additive causal mask made `causal`, and matmuls freed of reshapes (numpy's matmul sums a
+    strided operand in another order), see `passes.attention_rules`.
 `canonicalize{exact_only=true}` applies the exact rules only, and promises exact numerics.
 """
 
@@ -33,6 +38,7 @@ import numpy as np
 
 from ir import OPS, Graph, Law, Node, Value
 from ir.dtype import LOW_PRECISION_FLOATS, DType
+from passes.attention_rules import ATTENTION, RESHAPES
 from passes.manager import Numerics, Pass, register_pass
 from passes.rewrite import Rewriter, Rule, RuleTable, const, pat, rewrite_to_fixpoint, var
 
@@ -52,9 +58,6 @@ COMMUTATIVE = _laws(Law.COMMUTATIVE, 2)
 # Listed, not derived: the table does not say which ops round, and a new involution is safe here.
 EXACT_INVOLUTIONS = frozenset({"neg", "not"}) & _laws(Law.INVOLUTION, 1)
 ROUNDING_INVOLUTIONS = _laws(Law.INVOLUTION, 1) - EXACT_INVOLUTIONS
-# Ops that keep the elements in row-major order and change only the shape: any chain of them is
-# one reshape. (Not a kind in the table: MOVEMENT also covers transposes, gathers, pads.)
-RESHAPES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze"})
 
 
 # -- identity arithmetic -------------------------------------------------------------------------
@@ -483,14 +486,15 @@ OPERAND_ORDER = RuleTable(
     )
 )
 
-# Simplifications first; operand order last, so it sees what they leave.
-RULES = IDENTITY_ARITHMETIC + REPEATED_UNARY + MOVEMENT + CONTRACTION + OPERAND_ORDER
+# Simplifications first; attention after the movement rules that expose it (passes.attention_rules);
+# operand order last, so it sees what they leave.
+RULES = IDENTITY_ARITHMETIC + REPEATED_UNARY + MOVEMENT + CONTRACTION + ATTENTION + OPERAND_ORDER
 EXACT_RULES = RULES.only_exact()
 
 
 @register_pass
 class Canonicalize(Pass):
-    """Simplify algebraically: identities, ops applied twice, movement chains, gemm forms, batch-norm folding."""
+    """Simplify algebraically: identities, repeated ops, movement chains, gemm forms, batch-norm folding, attention."""
 
     name = "canonicalize"
     numerics = Numerics.REASSOCIATING

@@ -49,13 +49,20 @@ def _matmul_flops(inputs: tuple[TensorType, ...], outputs: tuple[TensorType, ...
     return 2 * inputs[0].shape[-1] * outputs[0].numel
 
 
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.matmul on contiguous operands: numpy sums in another order for a transposed view than
+    for its contiguous copy, and a value must not depend on how its array happens to be laid out
+    (rewrites that only move data would otherwise change bits)."""
+    return np.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b))
+
+
 register(
     OpDef(
         "matmul",
         OpKind.CONTRACTION,
         ("a", "b"),
         _infer_matmul,
-        np.matmul,
+        matmul,
         dtypes=MATMUL_DTYPES,
         flops=_matmul_flops,
         doc="a @ b with numpy semantics: 1-D operands are vectors, leading (batch) dimensions broadcast",
@@ -105,7 +112,7 @@ def _gemm(
     alpha: float,
     beta: float,
 ) -> np.ndarray:
-    result = np.matmul(a.T if trans_a else a, b.T if trans_b else b)
+    result = matmul(a.T if trans_a else a, b.T if trans_b else b)
     # Multiplying by a scale of exactly 1 is skipped so that integer gemm stays integer.
     if alpha != 1.0:
         result = alpha * result

@@ -11,6 +11,7 @@ import ir
 from ir import DType, GraphBuilder, ShapeError
 from ir.testing import assert_equivalent, graphs
 from passes import Numerics, make_pass, parse_pipeline
+from passes.attention_rules import ATTENTION
 from passes.canonicalize import EXACT_RULES, RULES, Canonicalize, holds_every_value
 
 EXACT = Canonicalize(exact_only=True)
@@ -816,7 +817,8 @@ def test_each_rule_rewrites_its_pattern(rule, before, expected):
 
 
 def test_every_rule_has_a_before_and_expected_case():
-    assert {rule.name for rule in RULES} == {case[0] for case in CASES}
+    # The attention rules have theirs in test_attention_rules.py.
+    assert {rule.name for rule in RULES} - {rule.name for rule in ATTENTION} == {case[0] for case in CASES}
 
 
 def test_matmul_then_add_in_f16_rounds_once_instead_of_twice():
