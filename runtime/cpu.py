@@ -187,34 +187,60 @@ def _driver_ir(triple: str) -> str:
 def compile_llvm_ir(code: dict[str, Any]) -> Any:
     """An LLVM execution engine holding `code["llvm_ir"]` and the launch driver, compiled at
     O3 for this host. Keep the engine alive while its functions are called."""
-    llvm, host, machine = _llvm(), host_target(), _host_target_machine()
+    host = host_target()
     text = code["llvm_ir"]
     if (code.get("cpu"), code.get("features")) != (host["cpu"], host["features"]):
         # Generated for another CPU: compile for this one instead. A placeholder keeps an attribute
         # group that held only these from becoming empty, which LLVM rejects.
         text = _TARGET_ATTRIBUTES.sub(r'"kiln-dropped-\1"', text)
+    return jit(optimize_llvm_ir(text, link_driver=True))
+
+
+def optimize_llvm_ir(text: str, link_driver: bool = False, skip_if_cached: bool = True) -> Any:
+    """`text` parsed, verified and optimised at O3 for this host (with the launch driver linked
+    in when asked): the one path from LLVM IR to what the JIT compiles, which `backends.llvm`
+    uses too. When the compiled object of the same IR and host is cached, the optimisation is
+    skipped (`skip_if_cached=False` still runs it, for a listing of the optimised IR)."""
+    llvm, host, machine = _llvm(), host_target(), _host_target_machine()
     try:
         module = llvm.parse_assembly(text)
-        module.link_in(llvm.parse_assembly(_driver_ir(host["triple"])))
+        if link_driver:
+            module.link_in(llvm.parse_assembly(_driver_ir(host["triple"])))
         module.verify()
     except RuntimeError as error:
-        raise CodeCompilationError(f"the program's LLVM IR does not compile: {error}") from error
+        raise CodeCompilationError(f"the LLVM IR does not compile: {error}") from error
     module.triple = machine.triple
     module.data_layout = str(machine.target_data)
-    key = hashlib.sha256("\0".join([text, host["triple"], host["cpu"], host["features"]]).encode()).hexdigest()
-    if key not in _OBJECT_CACHE:
+    key = hashlib.sha256("\0".join([text, str(link_driver), *host.values()]).encode()).hexdigest()
+    if key not in _OBJECT_CACHE or not skip_if_cached:
         tuning = llvm.create_pipeline_tuning_options(speed_level=3)
+        tuning.loop_vectorization = True
         tuning.slp_vectorization = True  # off by default in LLVM's options; clang turns it on at O2+
+        tuning.loop_unrolling = True
         builder = llvm.create_pass_builder(machine, tuning)
         builder.getModulePassManager().run(module, builder)
+    module.name = key  # the object cache's key, read back by jit()
+    return module
+
+
+def jit(module: Any) -> Any:
+    """Machine code for an optimised module: an MCJIT engine (compiled objects are cached in
+    the process by the module's key, so a second engine for the same IR skips code generation)."""
+    llvm = _llvm()
     _check_external_symbols(llvm, module)
-    engine = llvm.create_mcjit_compiler(module, machine)
+    key = module.name
+    engine = llvm.create_mcjit_compiler(module, _host_target_machine())
     engine.set_object_cache(
         notify_func=lambda _module, data: _OBJECT_CACHE.setdefault(key, data),
         getbuffer_func=lambda _module: _OBJECT_CACHE.get(key),
     )
     engine.finalize_object()
     return engine
+
+
+def host_target_machine() -> Any:
+    """An LLVM target machine for this host (for assembly listings)."""
+    return _host_target_machine()
 
 
 def _aligned_empty(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
