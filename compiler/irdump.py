@@ -5,6 +5,7 @@
     irdump my_model.py:make                    # make() returns (torch module, example inputs)
     irdump model.onnx -O2 --print-after-all    # the IR after every pass of the default pipeline
     irdump model.onnx --passes canonicalize,fold_constants --print-after fold_constants
+    irdump model.onnx --target cpu --emit loop     # each kernel in kernel IR (also: llvm, asm)
 
 After the final IR come one summary line per pass (nodes before -> after, kernels, FLOPs,
 bytes moved, time) and a summary of the final graph, all as `#` comments so that the output
@@ -40,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
     parser.add_argument("--print-after", action="append", default=[], metavar="PASS", help="print the IR after PASS")
     parser.add_argument("--summary-only", action="store_true", help="print the summaries, not the final IR")
+    parser.add_argument(
+        "--emit",
+        choices=("loop", "llvm", "asm"),
+        help="with --target cpu: print each kernel as kernel IR, the LLVM module, or the host's assembly",
+    )
     parser.add_argument(
         "--max-constant-elements",
         type=int,
@@ -82,6 +88,20 @@ def _call_factory(path: Path, factory: str) -> tuple[Any, Any]:
     return result
 
 
+def emit(graph: Graph, form: str) -> str:
+    """The CPU code of a fused graph: kernel IR, LLVM IR or assembly."""
+    from backends.cpu import build_program
+    from backends.llvm import compile_module
+    from ir.loop import print_kernel
+
+    program, kernels = build_program(graph)
+    if form == "loop":
+        return "\n".join(print_kernel(kernel) for kernel in kernels) + "\n"
+    if form == "llvm":
+        return program.code["llvm_ir"]
+    return compile_module(program.code["llvm_ir"]).assembly
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -116,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         notes = "".join(f"\n  ({note})" for note in getattr(error, "__notes__", []))
         print(f"irdump: {args.model}: {error}{notes}", file=sys.stderr)
         return 1
-    if not args.summary_only:
+    if args.emit:
+        if args.target != "cpu":
+            print("irdump: --emit needs --target cpu (the only compiled target so far)", file=sys.stderr)
+            return 2
+        if not any(node.op == "fused" for node in graph.nodes):
+            graph = PassManager(parse_pipeline("fuse")).run(graph)  # kernels are fused groups
+        sys.stdout.write(emit(graph, args.emit))
+    elif not args.summary_only:
         sys.stdout.write(print_graph(graph, max_constant_elements=elide))
         print()
     for record in statistics.records:

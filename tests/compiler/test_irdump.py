@@ -156,3 +156,16 @@ def test_an_onnx_file_prints_its_imported_graph(tmp_path, capsys):
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "relu(%x) : f32[2,3]" in out and "neg(" in out and "# relu_0" in out
+
+
+def test_emit_prints_each_kernel_as_kernel_ir_llvm_and_assembly(capsys):
+    assert main([str(EXAMPLE), "-O2", "--target", "cpu", "--emit", "loop"]) == 0
+    loop = capsys.readouterr().out
+    assert loop.count("kernel k") == 4 and "parallel for" in loop and "tanh(" in loop
+    assert main([str(EXAMPLE), "-O2", "--target", "cpu", "--emit", "llvm"]) == 0
+    llvm = capsys.readouterr().out
+    assert 'define void @"k0_fused_0_gemm_gelu"(ptr %"args", i64 %"worker", i64 %"workers")' in llvm
+    assert main([str(EXAMPLE), "--target", "cpu", "--emit", "asm"]) == 0  # fuses on its own without -O
+    assert "k0_fused_0" in capsys.readouterr().out
+    assert main([str(EXAMPLE), "--emit", "loop"]) == 2
+    assert "--emit needs --target cpu" in capsys.readouterr().err
