@@ -26,6 +26,7 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,6 +129,48 @@ _TARGET_ATTRIBUTES = re.compile(r'"(target-cpu|target-features|tune-cpu)"="[^"]*
 _OBJECT_CACHE: dict[str, bytes] = {}
 """Compiled objects by a hash of the IR and the host: executors of one program share them."""
 
+CACHE_ENVIRONMENT_VARIABLE = "KILN_CACHE_DIR"
+"""Where compiled objects are kept on disk (default ~/.cache/kiln; "off" keeps none), so that a
+second compile of the same program in another process skips LLVM's optimisation and codegen."""
+
+
+def _cache_path(key: str) -> Path | None:
+    location = os.environ.get(CACHE_ENVIRONMENT_VARIABLE) or str(Path.home() / ".cache" / "kiln")
+    return None if location == "off" else Path(location) / f"{key}.o"
+
+
+def _cached_object(key: str) -> bytes | None:
+    """The compiled object for `key`, from memory or disk; a disk entry that fails its checksum
+    (truncated, overwritten) is deleted and treated as missing, so it is rebuilt."""
+    if key in _OBJECT_CACHE:
+        return _OBJECT_CACHE[key]
+    path = _cache_path(key)
+    try:
+        content = path.read_bytes() if path is not None else b""
+    except OSError:
+        return None
+    digest, data = content[:32], content[32:]
+    if len(digest) == 32 and hashlib.sha256(data).digest() == digest:
+        _OBJECT_CACHE[key] = data
+        return data
+    if content:
+        path.unlink(missing_ok=True)
+    return None
+
+
+def _remember_object(key: str, data: bytes) -> None:
+    _OBJECT_CACHE.setdefault(key, data)
+    path = _cache_path(key)
+    if path is None:
+        return
+    try:  # written whole then renamed, so a reader never sees half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(hashlib.sha256(data).digest() + data)
+        partial.replace(path)
+    except OSError:
+        pass  # a read-only or full disk costs speed, not correctness
+
 
 # The C libraries generated code calls into (tanhf, erf, fmodf, malloc, ...): MCJIT resolves
 # symbols only from libraries loaded into its symbol table, not from whatever the process has.
@@ -211,8 +254,10 @@ def optimize_llvm_ir(text: str, link_driver: bool = False, skip_if_cached: bool 
         raise CodeCompilationError(f"the LLVM IR does not compile: {error}") from error
     module.triple = machine.triple
     module.data_layout = str(machine.target_data)
-    key = hashlib.sha256("\0".join([text, str(link_driver), *host.values()]).encode()).hexdigest()
-    if key not in _OBJECT_CACHE or not skip_if_cached:
+    key = hashlib.sha256(
+        "\0".join([text, str(link_driver), *host.values(), str(llvm.llvm_version_info)]).encode()
+    ).hexdigest()
+    if _cached_object(key) is None or not skip_if_cached:
         tuning = llvm.create_pipeline_tuning_options(speed_level=3)
         tuning.loop_vectorization = True
         tuning.slp_vectorization = True  # off by default in LLVM's options; clang turns it on at O2+
@@ -231,8 +276,8 @@ def jit(module: Any) -> Any:
     key = module.name
     engine = llvm.create_mcjit_compiler(module, _host_target_machine())
     engine.set_object_cache(
-        notify_func=lambda _module, data: _OBJECT_CACHE.setdefault(key, data),
-        getbuffer_func=lambda _module: _OBJECT_CACHE.get(key),
+        notify_func=lambda _module, data: _remember_object(key, data),
+        getbuffer_func=lambda _module: _cached_object(key),
     )
     engine.finalize_object()
     return engine

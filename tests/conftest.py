@@ -18,3 +18,9 @@ settings.register_profile("ci", deadline=None, max_examples=200, suppress_health
 settings.register_profile("dev", deadline=None, max_examples=15, suppress_health_check=_QUIET)
 settings.register_profile("thorough", deadline=None, max_examples=1000, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Compiled objects go to a cache of this test session, not the user's ~/.cache/kiln.
+if "KILN_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["KILN_CACHE_DIR"] = tempfile.mkdtemp(prefix="kiln-test-cache-")
