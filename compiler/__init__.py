@@ -6,6 +6,6 @@ need them, never here.
 """
 
 from compiler import errors
-from compiler.api import CompiledModel, compile
+from compiler.api import CompiledModel, compile, load
 
-__all__ = ["CompiledModel", "compile", "errors"]
+__all__ = ["CompiledModel", "compile", "errors", "load"]

@@ -21,7 +21,7 @@ import numpy as np
 
 import ir
 from compiler.errors import InputMismatchError
-from compiler.frontends import ImportedModel, import_model
+from compiler.frontends import ImportedModel, import_model, unflatten_single_or_tuple
 from compiler.tensors import is_torch_tensor, to_numpy, to_torch
 from passes import Pass, PassManager, parse_pipeline
 from passes.instruments import PassStatistics
@@ -46,6 +46,13 @@ class CompiledModel:
     kernels: dict[str, str] = field(default_factory=dict)
     """Kernel name -> its kernel IR, printed."""
     executor: Any = None
+
+    def save(self, path: str) -> None:
+        """Write the compiled program to one file; `compiler.load` (or `runtime.load_executor`,
+        without the rest of Kiln) runs it."""
+        if self.program is None:
+            raise ValueError(f"the {self.target} target has no program to save; compile for target='cpu'")
+        self.program.save(path)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         given = self.imported.flatten_inputs(args, kwargs)
@@ -90,11 +97,13 @@ def compile(
     opt_level: int = 2,
     precision: str = "fp32",
     debug: bool = False,
+    threads: int | None = None,
 ) -> CompiledModel:
     """Compile `model` (a torch `nn.Module` with `example_inputs`, an ONNX `ModelProto` or path,
     a `.kiln` path, or an `ir.Graph`) for `target`, running the target's pipeline at
     `opt_level` (0-3) and `precision` ("fp32", "bf16", "fp16"). `debug` verifies the graph
-    after every pass."""
+    after every pass; `threads` sets the CPU target's worker count (default: the CPUs this process
+    may use)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; Kiln has {', '.join(TARGETS)}")
     imported = import_model(model, example_inputs)
@@ -115,7 +124,7 @@ def compile(
             compiled.graph = graph
         compiled.program, kernels = build_program(graph)
         compiled.kernels = {k.name: print_kernel(k) for k in kernels}
-        compiled.executor = CpuExecutor(compiled.program)
+        compiled.executor = CpuExecutor(compiled.program, threads=threads)
     return compiled
 
 
@@ -129,3 +138,26 @@ def with_example_inputs(steps: list[Pass], imported: ImportedModel, example_inpu
         else step
         for step in steps
     ]
+
+
+def load(path: str, threads: int | None = None) -> CompiledModel:
+    """A model saved with `CompiledModel.save`, ready to call (inputs by position; one output,
+    or a tuple of them: the torch output structure is not saved)."""
+    from runtime import CpuExecutor
+    from runtime import load as load_program
+
+    program = load_program(path)
+    builder = ir.GraphBuilder(_identifier(program.name))
+    inputs = [
+        builder.input(_identifier(spec.name), spec.shape, ir.DType.from_numpy(spec.numpy_dtype))
+        for spec in program.input_specs
+    ]
+    signature = builder.build(*inputs)  # the inputs alone: what calls are checked against
+    imported = ImportedModel(signature, lambda args, kwargs: list(args), unflatten_single_or_tuple)
+    return CompiledModel(imported, program.target, signature, program=program,
+                         executor=CpuExecutor(program, threads=threads))  # fmt: skip
+
+
+def _identifier(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "_." else "_" for c in name)
+    return cleaned if cleaned[:1].isalpha() or cleaned[:1] == "_" else f"v{cleaned}"

@@ -89,3 +89,16 @@ def test_wrong_inputs_are_refused_before_running():
     compiled = compiler.compile(module, (x,), target="cpu")
     with pytest.raises(compiler.errors.InputMismatchError, match="expects f32"):
         compiled(x.double())
+
+
+def test_compiler_save_and_load_round_trip(tmp_path):
+    module, (x,) = models.MODELS["gpt_decoder_block"]()
+    compiled = compiler.compile(module, (x,), target="cpu", threads=1)
+    compiled.save(str(tmp_path / "gpt.kiln-program"))
+    loaded = compiler.load(str(tmp_path / "gpt.kiln-program"), threads=2)
+    torch.testing.assert_close(loaded(x), compiled(x), rtol=0, atol=0)
+    np.testing.assert_array_equal(loaded(x.numpy()), compiled(x).numpy())
+    with pytest.raises(compiler.errors.InputMismatchError, match="expects f32"):
+        loaded(x.numpy().astype(np.float64))
+    with pytest.raises(ValueError, match="no program to save"):
+        compiler.compile(module, (x,), target="reference").save(str(tmp_path / "ref"))
