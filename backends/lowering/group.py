@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ir import DType, Graph, GraphBuilder, KilnError, Node, OpKind, Value, get_op
-from ir.loop import Assign, Buffer, Expr, For, Kernel, Load, LoopKind, Ref, Scope, Stmt, Store, Var
+import numpy as np
 
 from backends.lowering.expr import Names, const, flat_index
 from backends.lowering.indexing import INDEXING, broadcast_index, split_element
 from backends.lowering.scalar import ARANGE, SCALAR
+from ir import DType, Graph, GraphBuilder, KilnError, Node, OpKind, Value, get_op
+from ir.loop import Assign, Buffer, Expr, For, Kernel, Load, LoopKind, Ref, Scope, Select, Stmt, Store, Var
 
 
 class LoweringError(KilnError):
@@ -112,10 +113,7 @@ class GroupLowering:
     def _inline(self, node: Node, value: Value, index: tuple[Expr, ...]) -> Expr:
         dtype = value.type.dtype
         if node.op == "const":
-            array = self.body.constants[node.attrs["name"]]
-            if array.size != 1:
-                raise LoweringError(f"{self.name}: a constant of {array.size} elements inside a group body")
-            return const(array.reshape(-1)[0].item(), dtype)
+            return self._constant(node, value, index)
         if node.op in INDEXING:
             return INDEXING[node.op](self.element, node, index)
         if node.op == "split":
@@ -123,9 +121,24 @@ class GroupLowering:
         if node.op == "arange":
             return ARANGE(index[0], node.attrs, compute_dtype(dtype)).cast(dtype)
         if node.op in SCALAR:
-            operands = [self.compute(v, broadcast_index(index, v.type.shape)) for v in node.inputs]
+            operands = [self.compute(v, _operand_index(node, k, index)) for k, v in enumerate(node.inputs)]
             return SCALAR[node.op](operands, node.attrs, compute_dtype(dtype)).cast(dtype)
         raise LoweringError(f"{self.name}: {node.op} must be computed into a buffer, not inlined")
+
+    def _constant(self, node: Node, value: Value, index: tuple[Expr, ...]) -> Expr:
+        """A constant inside the body: fusion copies in scalars only, but a composite's
+        decomposition may make an array (attention's causal mask), and a kernel has no parameter
+        for it. A splat is its value; a lower-triangular 0/1 matrix is the comparison `j <= i`."""
+        array = self.body.constants[node.attrs["name"]]
+        dtype = value.type.dtype
+        elements = np.ascontiguousarray(array.reshape(-1))
+        rows = elements.view(np.uint8).reshape(elements.size, -1)
+        if elements.size and (rows == rows[0]).all():  # bitwise: a nan splat is one too
+            return const(elements[0].item(), dtype)
+        if array.ndim >= 2 and np.array_equal(array, np.broadcast_to(np.tril(np.ones(array.shape[-2:])), array.shape)):
+            below = index[-1].le(index[-2])
+            return below if dtype == DType.bool else Select(below, const(1, dtype), const(0, dtype))
+        raise LoweringError(f"{self.name}: a constant of {array.size} elements inside a group body")
 
     # -- stores -----------------------------------------------------------------------------
 
@@ -145,6 +158,12 @@ class GroupLowering:
         buffer = self.buffers[value]
         return [Store(buffer, flat_index(index, value.type.shape), expr)]
 
+    def scratch(self, shape: Sequence[int], dtype: DType) -> Buffer:
+        """A local buffer for a template's own intermediate (one that reads back what it wrote)."""
+        buffer = Buffer(self.names.fresh("t"), dtype, tuple(shape) or (1,), Scope.LOCAL)
+        self.locals.append(buffer)
+        return buffer
+
     def accumulate(self, stem: str, dtype: DType, initial: Expr) -> tuple[Var, Stmt]:
         acc = self.var(stem, dtype)
         return acc, Assign(acc, initial)
@@ -156,14 +175,14 @@ class GroupLowering:
 
         self.epilogues: dict[Value, Value] = {}
         for node in self.body.nodes:
-            if node.op == "const" or _inlinable(node) and not self._shared(node):
+            if node.op == "const" or (_inlinable(node) and not self._shared(node)):
                 continue
             if _inlinable(node):  # read more than once: compute it once
                 for value in node.outputs:
                     buffer = self.output_buffer(value)
                     self.statements += self.loops(
-                        value.type.shape, lambda index, v=value, b=buffer: [
-                            Store(b, flat_index(index, v.type.shape), self._inline(node, v, tuple(index)))]
+                        value.type.shape, lambda index, n=node, v=value, b=buffer: [
+                            Store(b, flat_index(index, v.type.shape), self._inline(n, v, tuple(index)))]
                     )  # fmt: skip
                 continue
             template = TEMPLATES.get(node.op)
@@ -231,6 +250,14 @@ def _inlinable(node: Node) -> bool:
     return node.op in SCALAR or node.op in INDEXING or node.op in ("split", "arange")
 
 
+def _operand_index(node: Node, position: int, index: tuple[Expr, ...]) -> list[Expr]:
+    """Where an elementwise op reads operand `position` for the output element at `index`:
+    numpy broadcasting, except batch_norm's [C] parameters, which follow channel axis 1."""
+    if node.op == "batch_norm" and position > 0:
+        return [index[1]]
+    return broadcast_index(index, node.inputs[position].type.shape)
+
+
 def _count_uses(body: Graph) -> dict[Value, int]:
     uses: dict[Value, int] = {}
     for node in body.nodes:
@@ -251,7 +278,8 @@ def _identifier(text: str) -> str:
 
 
 def expand_composites(body: Graph) -> Graph:
-    """The body with composite ops (attention) replaced by their decompositions."""
+    """The body with composite ops (attention) replaced by their decompositions, computed in
+    the compute dtype of their inputs."""
     if not any(get_op(n.op).decompose and n.op != "fused" for n in body.nodes):
         return body
     builder = GraphBuilder(body.name)
@@ -264,12 +292,20 @@ def expand_composites(body: Graph) -> Graph:
             builder.append(node, body.constants[node.attrs["name"]])
             env[node.outputs[0]] = node.outputs[0]
         elif definition.decompose is not None and definition.reference is None:
-            results = definition.decompose(builder, *inputs, **node.attrs)
-            env.update(zip(node.outputs, results if isinstance(results, tuple) else (results,)))
+            # The interpreter runs a decomposition on its f32 compute arrays and rounds only
+            # the results: so do its pieces here, not each in the op's f16/bf16.
+            wide = [_cast(builder, v, compute_dtype(v.type.dtype)) for v in inputs]
+            results = definition.decompose(builder, *wide, **node.attrs)
+            results = results if isinstance(results, tuple) else (results,)
+            env.update((v, _cast(builder, r, v.type.dtype)) for v, r in zip(node.outputs, results))
         else:
             results = builder.op(node.op, *inputs, source=node.source, **node.attrs)
             env.update(zip(node.outputs, results if isinstance(results, tuple) else (results,)))
     return builder.build(*(env[v] for v in body.outputs))
+
+
+def _cast(builder: GraphBuilder, value: Value, dtype: DType) -> Value:
+    return value if value.type.dtype == dtype else builder.cast(value, dtype=dtype)
 
 
 def lower_group(node: Node, name: str) -> Kernel:

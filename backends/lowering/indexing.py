@@ -13,10 +13,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from backends.lowering.expr import const, flat_index, i64, unflatten
 from ir import DType, Node, Value, get_op
 from ir.loop import Binary, Expr, Select
-
-from backends.lowering.expr import const, flat_index, i64, unflatten
 
 Element = Callable[[Value, Sequence[Expr]], Expr]
 

@@ -13,10 +13,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from backends.lowering.expr import const
 from ir import DType
 from ir.loop import Binary, Cast, Expr, Select, Unary
-
-from backends.lowering.expr import const
 
 Formula = Callable[[Sequence[Expr], Any, DType], Expr]
 
@@ -27,6 +26,12 @@ def _unary(op: str) -> Formula:
 
 def _binary(op: str) -> Formula:
     return lambda x, attrs, dtype: Binary(op, x[0], x[1])
+
+
+def _numpy_extremum(op: str) -> Formula:
+    # The kernel IR's max(a, b) keeps a on a tie, numpy's maximum(a, b) takes b (both let nan
+    # win): swapped, they agree on which zero max(-0.0, 0.0) is, which 1 / x can tell apart.
+    return lambda x, attrs, dtype: Binary(op, x[1], x[0])
 
 
 def _sigmoid(x: Expr, dtype: DType) -> Expr:
@@ -113,12 +118,12 @@ SCALAR: dict[str, Formula] = {
             "acosh",
             "atanh",
         )
-    },  # fmt: skip
+    },
     "neg": lambda x, attrs, dtype: -x[0],
     "rsqrt": lambda x, attrs, dtype: const(1, dtype) / Unary("sqrt", x[0]),
     "reciprocal": lambda x, attrs, dtype: const(1, dtype) / x[0],
     "sigmoid": lambda x, attrs, dtype: _sigmoid(x[0], dtype),
-    "relu": lambda x, attrs, dtype: x[0].max(const(0, dtype)),
+    "relu": lambda x, attrs, dtype: const(0, dtype).max(x[0]),  # np.maximum(x, 0): see _numpy_extremum
     "silu": lambda x, attrs, dtype: x[0] * _sigmoid(x[0], dtype),
     "gelu": _gelu,
     "sign": _sign,
@@ -130,8 +135,6 @@ SCALAR: dict[str, Formula] = {
             "mul": "mul",
             "div": "div",
             "pow": "pow",
-            "maximum": "max",
-            "minimum": "min",
             "equal": "eq",
             "not_equal": "ne",
             "less": "lt",
@@ -142,7 +145,9 @@ SCALAR: dict[str, Formula] = {
             "or": "or",
             "xor": "xor",
         }.items()
-    },  # fmt: skip
+    },
+    "maximum": _numpy_extremum("max"),
+    "minimum": _numpy_extremum("min"),
     "mod": _mod,
     "where": lambda x, attrs, dtype: Select(x[0], x[1], x[2]),
     "clip": _clip,

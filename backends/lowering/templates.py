@@ -1,6 +1,8 @@
 """Loop nests for the ops a group must compute into a buffer: reductions, softmax, norms and
 contractions. Correct first: plain loop nests with scalar accumulators, in the order of
 operations of the op's numpy reference; the CPU speed issue replaces them with tiled ones.
+`TEMPLATES` is the one table of them: it takes in the windowed ops of `templates_nn` (conv,
+conv_transpose, pools) and the scans of `templates_scan` (cumsum, scatter).
 
 `TEMPLATES[op](lowering, node)` returns statements that compute the node's outputs, reading
 operands with `lowering.compute(value, index)` and writing with `lowering.store(value, index,
@@ -14,11 +16,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ir import DType, Node
-from ir.loop import Assign, Binary, Expr, For, Ref, Select, Stmt, Unary
-
 from backends.lowering.expr import const, i64, unflatten
 from backends.lowering.group import GroupLowering, compute_dtype
+from backends.lowering.templates_nn import TEMPLATES_NN
+from backends.lowering.templates_scan import TEMPLATES_SCAN
+from ir import DType, Node
+from ir.loop import Assign, Binary, Expr, For, Ref, Select, Stmt, Unary
 
 
 def _split(shape: Sequence[int], axes: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -70,21 +73,34 @@ def _initial(op: str, dtype: DType) -> Expr:
 
 
 def _reduction(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    shape = node.inputs[0].type.shape
+    axes = tuple(sorted(a % len(shape) for a in node.attrs["axes"])) if node.attrs["axes"] else tuple(range(len(shape)))
+    return _reduce(lowering, node, node.op, axes, node.attrs["keepdims"])
+
+
+def _global_avg_pool(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    """The mean over the spatial axes of [N, C, *spatial], kept as size-1 dims."""
+    return _reduce(lowering, node, "mean", tuple(range(2, node.inputs[0].type.rank)), True)
+
+
+def _reduce(lowering: GroupLowering, node: Node, op: str, axes: Sequence[int], keepdims: bool) -> list[Stmt]:
     (x,), (y,) = node.inputs, node.outputs
     shape = x.type.shape
-    axes = tuple(sorted(a % len(shape) for a in node.attrs["axes"])) if node.attrs["axes"] else tuple(range(len(shape)))
     kept, reduced = _split(shape, axes)
     dtype = compute_dtype(y.type.dtype)
 
     def body(kept_index: list[Expr]) -> list[Stmt]:
-        acc, start = lowering.accumulate("acc", dtype, _initial(node.op, dtype))
-        step = _reduce_loop(lowering, shape, reduced, lambda r: [
-            Assign(acc, Binary(_COMBINE[node.op], Ref(acc), lowering.compute(x, _merge(len(shape), kept, kept_index,
-                                                                                            reduced, r))))])  # fmt: skip
+        acc, start = lowering.accumulate("acc", dtype, _initial(op, dtype))
+
+        def combine(r: list[Expr]) -> list[Stmt]:
+            element = lowering.compute(x, _merge(len(shape), kept, kept_index, reduced, r))
+            return [Assign(acc, Binary(_COMBINE[op], Ref(acc), element))]
+
+        step = _reduce_loop(lowering, shape, reduced, combine)
         result: Expr = Ref(acc)
-        if node.op == "mean":
+        if op == "mean":
             result = result / const(math.prod(shape[a] for a in reduced), dtype)
-        out = _output_index(kept_index, len(shape), kept, node.attrs["keepdims"])
+        out = _output_index(kept_index, len(shape), kept, keepdims)
         return [start, *step, *lowering.store(y, out, result)]
 
     return lowering.loops([shape[a] for a in kept], body)
@@ -150,59 +166,82 @@ def _softmax(lowering: GroupLowering, node: Node) -> list[Stmt]:
     return lowering.loops([shape[a] for a in kept], body)
 
 
-def _trailing_norm(lowering: GroupLowering, node: Node) -> list[Stmt]:
-    """layer_norm and rms_norm over the axes from `axis` to the last."""
+IndexMap = Callable[[Sequence[Expr], Sequence[Expr]], list[Expr]]
+"""(index of a normalised set, index within it) -> an index into an operand."""
+
+
+def _standardize(lowering: GroupLowering, node: Node, sets: Sequence[int], members: Sequence[int],
+                 x_at: IndexMap, affine_at: IndexMap) -> list[Stmt]:  # fmt: skip
+    """The statements of layer_norm, rms_norm and group_norm: for each set of elements normalised
+    together (`sets` is their grid, `members` the grid within one), the statistics in the
+    reference's order (mean = sum / count; the variance of the centred values; then divide by
+    sqrt(variance + epsilon)), and the affine inputs (weight multiplies, bias adds) at
+    `affine_at`. The results go to the output at `x_at`, the position they were read from."""
     x, *affine = node.inputs
     (y,) = node.outputs
-    shape = x.type.shape
-    first = node.attrs["axis"] % x.type.rank
-    kept, reduced = list(range(first)), list(range(first, len(shape)))
     dtype = compute_dtype(x.type.dtype)
-    count = const(math.prod(shape[first:]), dtype)
+    count = const(math.prod(members), dtype)
     epsilon = const(node.attrs["epsilon"], dtype)
 
-    def body(kept_index: list[Expr]) -> list[Stmt]:
-        def at(r: list[Expr]) -> Expr:
-            return lowering.compute(x, _merge(len(shape), kept, kept_index, reduced, r))
+    def body(set_index: list[Expr]) -> list[Stmt]:
+        def at(r: Sequence[Expr]) -> Expr:
+            return lowering.compute(x, x_at(set_index, r))
+
+        def over_members(step) -> list[Stmt]:
+            return _reduce_loop(lowering, members, range(len(members)), step)
 
         statements: list[Stmt] = []
-        if node.op == "layer_norm":
+        if node.op == "rms_norm":
+            squares, start = lowering.accumulate("sq", dtype, const(0, dtype))
+            statements += [start, *over_members(lambda r: [Assign(squares, Ref(squares) + at(r) * at(r))])]
+            scale, set_scale = lowering.accumulate("rms", dtype, Unary("sqrt", Ref(squares) / count + epsilon))
+            center: Expr | None = None
+        else:
             total, start = lowering.accumulate("sum", dtype, const(0, dtype))
-            statements += [
-                start,
-                *_reduce_loop(lowering, shape, reduced, lambda r: [Assign(total, Ref(total) + at(r))]),
-            ]
+            statements += [start, *over_members(lambda r: [Assign(total, Ref(total) + at(r))])]
             mean, set_mean = lowering.accumulate("mean", dtype, Ref(total) / count)
             squares, start_squares = lowering.accumulate("sq", dtype, const(0, dtype))
 
-            def add_square(r: list[Expr]) -> list[Stmt]:
+            def add_square(r: Sequence[Expr]) -> list[Stmt]:
                 centered = at(r) - Ref(mean)
                 return [Assign(squares, Ref(squares) + centered * centered)]
 
-            statements += [set_mean, start_squares, *_reduce_loop(lowering, shape, reduced, add_square)]
+            statements += [set_mean, start_squares, *over_members(add_square)]
             scale, set_scale = lowering.accumulate("std", dtype, Unary("sqrt", Ref(squares) / count + epsilon))
+            center = Ref(mean)
 
-            def normalized(r: list[Expr]) -> Expr:
-                return (at(r) - Ref(mean)) / Ref(scale)
-        else:
-            squares, start = lowering.accumulate("sq", dtype, const(0, dtype))
-            statements += [start, *_reduce_loop(lowering, shape, reduced, lambda r: [
-                Assign(squares, Ref(squares) + at(r) * at(r))])]  # fmt: skip
-            scale, set_scale = lowering.accumulate("rms", dtype, Unary("sqrt", Ref(squares) / count + epsilon))
+        def write(r: Sequence[Expr]) -> list[Stmt]:
+            value = (at(r) if center is None else at(r) - center) / Ref(scale)
+            for position, parameter in enumerate(affine):  # weight, then bias; weight and bias may be one value
+                element = lowering.compute(parameter, affine_at(set_index, r))
+                value = value * element if position == 0 else value + element
+            return lowering.store(y, x_at(set_index, r), value)
 
-            def normalized(r: list[Expr]) -> Expr:
-                return at(r) / Ref(scale)
+        return [*statements, set_scale, *over_members(write)]
 
-        def write(r: list[Expr]) -> list[Stmt]:
-            value = normalized(r)
-            for parameter in affine:  # weight, then bias (layer_norm); weight (rms_norm)
-                element = lowering.compute(parameter, r)
-                value = value * element if parameter is affine[0] else value + element
-            return lowering.store(y, _merge(len(shape), kept, kept_index, reduced, r), value)
+    return lowering.loops(sets, body)
 
-        return [*statements, set_scale, *_reduce_loop(lowering, shape, reduced, write)]
 
-    return lowering.loops([shape[a] for a in kept], body)
+def _trailing_norm(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    """layer_norm and rms_norm: each set is the axes from `axis` to the last."""
+    shape = node.inputs[0].type.shape
+    first = node.attrs["axis"] % len(shape)
+    return _standardize(lowering, node, shape[:first], shape[first:], lambda s, r: [*s, *r], lambda s, r: list(r))
+
+
+def _group_norm(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    """Each set is one sample's C / num_groups consecutive channels with all their positions."""
+    batch, channels, *spatial = node.inputs[0].type.shape
+    groups = node.attrs["num_groups"]
+    per_group = channels // groups
+
+    def channel(s: Sequence[Expr], r: Sequence[Expr]) -> Expr:
+        if groups == 1:
+            return r[0]
+        return s[1] if per_group == 1 else s[1] * per_group + r[0]
+
+    return _standardize(lowering, node, [batch, groups], [per_group, *spatial],
+                        lambda s, r: [s[0], channel(s, r), *r[1:]], lambda s, r: [channel(s, r)])  # fmt: skip
 
 
 # -- contractions --------------------------------------------------------------------------------
@@ -246,6 +285,10 @@ def _gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
     attrs = node.attrs
     dtype = compute_dtype(y.type.dtype)
     depth = a.type.shape[0] if attrs["trans_a"] else a.type.shape[-1]
+    # An integer gemm scaled by a float is a float one in the reference (numpy promotes the
+    # int product to f64), truncated back to the integer type as the result is stored.
+    scaled = attrs["alpha"] != 1.0 or (bias and attrs["beta"] != 1.0)
+    scale_dtype = DType.f64 if scaled and not dtype.is_float else dtype
 
     def body(index: list[Expr]) -> list[Stmt]:
         *rows, column = index
@@ -254,13 +297,13 @@ def _gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
         a_index = [Ref(k), rows[0]] if attrs["trans_a"] else [*rows, Ref(k)]
         b_index = [column, Ref(k)] if attrs["trans_b"] else [Ref(k), column]
         product = lowering.compute(a, a_index) * lowering.compute(b, b_index)
-        result: Expr = Ref(acc)
+        result: Expr = Ref(acc).cast(scale_dtype)
         if attrs["alpha"] != 1.0:
-            result = const(attrs["alpha"], dtype) * result
+            result = const(attrs["alpha"], scale_dtype) * result
         if bias:
             (c,) = bias
-            term = lowering.compute(c, _broadcast(index, c.type.shape))
-            result = result + (term if attrs["beta"] == 1.0 else const(attrs["beta"], dtype) * term)
+            term = lowering.compute(c, _broadcast(index, c.type.shape)).cast(scale_dtype)
+            result = result + (term if attrs["beta"] == 1.0 else const(attrs["beta"], scale_dtype) * term)
         return [start, For(k, depth, (Assign(acc, Ref(acc) + product),)), *lowering.store(y, index, result)]
 
     return lowering.loops(y.type.shape, body)
@@ -276,4 +319,8 @@ TEMPLATES: dict[str, Callable[[GroupLowering, Node], list[Stmt]]] = {
     "rms_norm": _trailing_norm,
     "matmul": _matmul,
     "gemm": _gemm,
+    "group_norm": _group_norm,
+    "global_avg_pool": _global_avg_pool,
+    **TEMPLATES_NN,
+    **TEMPLATES_SCAN,
 }

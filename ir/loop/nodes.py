@@ -14,6 +14,8 @@ Semantics shared by every backend and the interpreter (`ir.loop.interpreter`):
   results back (the backends never widen or narrow on their own);
 - integer `div` truncates towards zero and `mod` takes the dividend's sign (C); index
   arithmetic is i64;
+- `max`/`min` propagate nan and keep their first operand on a tie (so the sign of a zero
+  depends on the operand order; lowering orders them as numpy does);
 - comparisons give bool; `and`/`or`/`xor`/`not` take bool;
 - a `For` runs `var` over 0, 1, ..., extent - 1; iterations of a parallel, vectorized or GPU
   loop may run in any order or at once, which lowering guarantees is safe;

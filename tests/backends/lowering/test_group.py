@@ -1,0 +1,96 @@
+"""The lowering driver (`backends.lowering.group`): epilogues applied at the contraction's store,
+one loop nest per kernel where that is possible, constants inside a body, and elementwise
+operands that do not follow numpy broadcasting."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import ir
+from ir import DType, GraphBuilder
+from ir.loop import For, LoopKind, print_kernel
+from tests.backends.lowering.lowered import assert_close, lower_graph, run_lowered
+
+_RNG = np.random.default_rng(3)
+
+
+def _random(*shape: int) -> np.ndarray:
+    return _RNG.uniform(-3, 3, shape).astype(np.float32)
+
+
+def _check(graph: ir.Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    actual = run_lowered(graph, inputs)
+    for value, a, e in zip(graph.outputs, actual, ir.run(graph, inputs)):
+        assert_close(a, e, value.type.dtype, ir.print_graph(graph))
+    return actual
+
+
+def test_gemm_bias_gelu_residual_is_one_loop_nest():
+    builder = GraphBuilder("linear_gelu_residual")
+    x, residual = builder.input("x", (4, 8)), builder.input("residual", (4, 6))
+    weight = builder.constant(_random(6, 8), "weight")
+    bias = builder.constant(_random(6), "bias")
+    y = builder.gemm(x, weight, trans_b=True)
+    y = builder.add(builder.gelu(builder.add(y, bias)), residual)
+    graph = builder.build(y)
+
+    _, kernels = lower_graph(graph)
+    assert len(kernels) == 1
+    (kernel,) = kernels
+    text = print_kernel(kernel)
+    assert len(kernel.body) == 1 and isinstance(kernel.body[0], For)
+    assert kernel.body[0].kind is LoopKind.PARALLEL
+    assert text.count("parallel for") == 1 and "erf(" in text
+    assert kernel.locals == ()  # the gemm's result never reaches memory
+    _check(graph, [_random(4, 8), _random(4, 6)])
+
+
+def test_a_shared_elementwise_value_is_computed_once():
+    builder = GraphBuilder("shared")
+    x = builder.input("x", (3, 5))
+    e = builder.exp(x)
+    graph = builder.build(builder.softmax(builder.add(e, e), axis=1), builder.sum(e, axes=(1,)))
+    _, kernels = lower_graph(graph)
+    pointwise = print_kernel(kernels[0])  # exp and add: exp is stored once and read twice
+    assert pointwise.count("exp(") == 1 and pointwise.count("out00[") == 3
+    _check(graph, [_random(3, 5)])
+
+
+def test_causal_attention_lowers_its_mask_to_an_index_comparison():
+    builder = GraphBuilder("attention")
+    q, k, v = (builder.input(name, (2, 4, 3)) for name in "qkv")
+    graph = builder.build(builder.scaled_dot_product_attention(q, k, v, causal=True))
+    _, kernels = lower_graph(graph)
+    assert "causal" not in " ".join(b.name for kernel in kernels for b in kernel.params)
+    _check(graph, [_random(2, 4, 3), _random(2, 4, 3), _random(2, 4, 3)])
+
+
+def test_batch_norm_parameters_follow_the_channel_axis():
+    builder = GraphBuilder("bn")
+    x = builder.input("x", (2, 3, 2, 1))
+    params = [builder.input(name, (3,)) for name in ("scale", "bias", "mean", "var")]
+    graph = builder.build(builder.batch_norm(x, *params, epsilon=1e-3))
+    variance = np.abs(_random(3)) + 0.1
+    _check(graph, [_random(2, 3, 2, 1), _random(3), _random(3), _random(3), variance])
+
+
+def test_maximum_and_relu_pick_numpys_zero_on_a_tie():
+    builder = GraphBuilder("zeros")
+    a, b = builder.input("a", (4,)), builder.input("b", (4,))
+    # 1 / x tells -0.0 from 0.0: numpy's maximum(a, b) returns b on a tie, the kernel IR's max a
+    outputs = [builder.reciprocal(builder.op(op, a, b)) for op in ("maximum", "minimum")]
+    graph = builder.build(*outputs, builder.reciprocal(builder.relu(a)))
+    a_values = np.array([-0.0, 0.0, -0.0, np.nan], np.float32)
+    b_values = np.array([0.0, -0.0, np.nan, 1.0], np.float32)
+    maximum, minimum, relu = _check(graph, [a_values, b_values])
+    np.testing.assert_array_equal(maximum, [np.inf, -np.inf, np.nan, np.nan])
+    np.testing.assert_array_equal(minimum, [np.inf, -np.inf, np.nan, np.nan])
+    np.testing.assert_array_equal(relu, [np.inf, np.inf, np.inf, np.nan])
+
+
+def test_low_precision_values_round_at_each_op():
+    builder = GraphBuilder("bf16")
+    x = builder.input("x", (3, 4), DType.bf16)
+    y = builder.mul(builder.add(x, x), builder.exp(x))
+    graph = builder.build(builder.mean(y, axes=(1,)), builder.cumsum(y, axis=0))
+    _check(graph, [_random(3, 4).astype(DType.bf16.numpy)])
