@@ -1,16 +1,16 @@
 """The printer of the kernel IR: C-like text for `irdump --emit loop`, error messages and tests.
 
-    kernel fused_1_gemm_relu(in x: f32[16,32], in w: f32[32,8], out y: f32[16,8]) {
-      parallel for i in 0..16 {
-        for j in 0..8 {
-          acc: f32 = 0.0
-          for k in 0..32 {
-            acc = acc + x[i * 32 + k] * w[k * 8 + j]
-          }
-          y[i * 8 + j] = max(acc, 0.0)
-        }
+kernel fused_1_gemm_relu(in x: f32[16,32], in w: f32[32,8], out y: f32[16,8]) {
+  parallel for i in 0..16 {
+    for j in 0..8 {
+      acc: f32 = 0.0
+      for k in 0..32 {
+        acc = acc + x[i * 32 + k] * w[k * 8 + j]
       }
+      y[i * 8 + j] = max(acc, 0.0)
     }
+  }
+}
 """
 
 from __future__ import annotations
