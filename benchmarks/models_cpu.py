@@ -56,6 +56,26 @@ def onnx_runtime_ms(module, example_inputs, runs: int, threads: int) -> float | 
     return median_ms(lambda: session.run(None, feeds), runs)
 
 
+def benchmark_row(name: str, module, example_inputs, args: argparse.Namespace) -> str:
+    start = time.perf_counter()
+    compiler.compile(module, example_inputs, target="cpu", threads=args.threads)
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    fast = compiler.compile(module, example_inputs, target="cpu", threads=args.threads)
+    cached = time.perf_counter() - start
+    with torch.no_grad():
+        torch.testing.assert_close(fast(*example_inputs), module(*example_inputs), rtol=1e-4, atol=1e-5)
+        kiln = median_ms(lambda: fast(*example_inputs), args.runs)
+        eager = median_ms(lambda: module(*example_inputs), args.runs)
+        ort = onnx_runtime_ms(module, example_inputs, args.runs, args.threads)
+        ort_text = "-" if ort is None else f"{ort:.3f}"
+        row = f"| {name} | {cold:.2f} | {cached:.2f} | {kiln:.3f} | {eager:.3f} | {ort_text} |"
+        if args.torch_compile:
+            compiled = torch.compile(module)
+            row += f" {median_ms(lambda: compiled(*example_inputs), args.runs):.3f} |"
+    return row + f" {kiln / eager:.2f}x | {'-' if ort is None else f'{kiln / ort:.2f}x'} |"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -71,25 +91,7 @@ def main() -> int:
     print(header)
     print("|" + " --- |" * (header.count("|") - 1))
     for name, factory in models.MODELS.items():
-        module, example_inputs = factory()
-        start = time.perf_counter()
-        compiler.compile(module, example_inputs, target="cpu", threads=args.threads)
-        cold = time.perf_counter() - start
-        start = time.perf_counter()
-        fast = compiler.compile(module, example_inputs, target="cpu", threads=args.threads)
-        cached = time.perf_counter() - start
-        with torch.no_grad():
-            expected = module(*example_inputs)
-            torch.testing.assert_close(fast(*example_inputs), expected, rtol=1e-4, atol=1e-5)
-            kiln = median_ms(lambda: fast(*example_inputs), args.runs)
-            eager = median_ms(lambda: module(*example_inputs), args.runs)
-            ort = onnx_runtime_ms(module, example_inputs, args.runs, args.threads)
-            row = f"| {name} | {cold:.2f} | {cached:.2f} | {kiln:.3f} | {eager:.3f} | {ort:.3f} |"
-            if args.torch_compile:
-                compiled = torch.compile(module)
-                row += f" {median_ms(lambda: compiled(*example_inputs), args.runs):.3f} |"
-        row += f" {kiln / eager:.2f}x | {kiln / ort:.2f}x |" if ort else f" {kiln / eager:.2f}x | - |"
-        print(row, flush=True)
+        print(benchmark_row(name, *factory(), args), flush=True)
     shapes = {name: [tuple(t.shape) for t in factory()[1]] for name, factory in models.MODELS.items()}
     print(f"\nthreads {args.threads}; inputs {shapes}; {np.__name__} {np.__version__}, torch {torch.__version__}")
     return 0
