@@ -27,24 +27,29 @@ class ImportedModel:
 
 def import_graph(graph: Graph) -> ImportedModel:
     """An IR graph needs no frontend: inputs by position (or by name), one output or a tuple."""
-    names = [v.name for v in graph.inputs]
+    return ImportedModel(graph, flatten_by_name([v.name for v in graph.inputs], f"@{graph.name}"),
+                         unflatten_single_or_tuple)  # fmt: skip
+
+
+def flatten_by_name(names: list[str], model: str) -> Callable[[tuple, dict], list]:
+    """A call's (args, kwargs) -> the inputs in order: by position, or by input name."""
 
     def flatten(args: tuple, kwargs: dict) -> list:
         from compiler.errors import InputMismatchError
 
-        if kwargs:
-            unknown = sorted(set(kwargs) - set(names))
-            if unknown:
-                raise InputMismatchError(f"@{graph.name} has no input(s) named {unknown}; its inputs are {names}")
-            given = dict(zip(names, args))
-            given.update(kwargs)
-            missing = [n for n in names if n not in given]
-            if missing:
-                raise InputMismatchError(f"@{graph.name} is missing input(s) {missing}")
-            return [given[n] for n in names]
-        return list(args)
+        if not kwargs:
+            return list(args)
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise InputMismatchError(f"{model} has no input(s) named {unknown}; its inputs are {names}")
+        given = dict(zip(names, args))
+        given.update(kwargs)
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise InputMismatchError(f"{model} is missing input(s) {missing}")
+        return [given[n] for n in names]
 
-    return ImportedModel(graph, flatten, unflatten_single_or_tuple)
+    return flatten
 
 
 def unflatten_single_or_tuple(outputs: list) -> Any:

@@ -37,7 +37,7 @@ from compiler.errors import (
     UnsupportedOperatorError,
     UnsupportedOpsetError,
 )
-from compiler.frontends import ImportedModel, unflatten_single_or_tuple
+from compiler.frontends import ImportedModel, flatten_by_name, unflatten_single_or_tuple
 from compiler.frontends.onnx_context import (
     NodeContext,
     UnsupportedNode,
@@ -391,18 +391,4 @@ def _as_list(result: Any) -> list[ir.Value | None]:
 
 def _input_flattener(graph: ir.Graph, onnx_names: list[str]):
     """A call's (args, kwargs) -> the graph's inputs: by position, or by ONNX input name."""
-
-    def flatten(args: tuple, kwargs: dict) -> list:
-        if not kwargs:
-            return list(args)
-        unknown = sorted(set(kwargs) - set(onnx_names))
-        if unknown:
-            raise InputMismatchError(f"the model has no input(s) named {unknown}; its inputs are {onnx_names}")
-        given = dict(zip(onnx_names, args))
-        given.update(kwargs)
-        missing = [n for n in onnx_names if n not in given]
-        if missing:
-            raise InputMismatchError(f"the model is missing input(s) {missing}")
-        return [given[n] for n in onnx_names]
-
-    return flatten
+    return flatten_by_name(onnx_names, "the model")

@@ -65,20 +65,17 @@ _UNARY = {
     "not": (np.logical_not, frozenset({DType.bool}), 1, {Law.INVOLUTION}, "logical not"),
 }
 
+
+def register_unary(name: str, reference, dtypes, flops: int, laws=(), doc: str = "") -> OpDef:
+    """Declare an attribute-free unary elementwise op (the output has the input's type)."""
+    return register(
+        OpDef(name, OpKind.ELEMENTWISE, ("x",), same_type, reference, dtypes=frozenset(dtypes),
+              laws=frozenset(laws), flops_per_element=flops, doc=doc)
+    )  # fmt: skip
+
+
 for _name, (_fn, _dtypes, _flops, _laws, _doc) in _UNARY.items():
-    register(
-        OpDef(
-            _name,
-            OpKind.ELEMENTWISE,
-            ("x",),
-            same_type,
-            _fn,
-            dtypes=frozenset(_dtypes),
-            laws=frozenset(_laws),
-            flops_per_element=_flops,
-            doc=_doc,
-        )
-    )
+    register_unary(_name, _fn, _dtypes, _flops, _laws, _doc)
 
 register(
     OpDef(

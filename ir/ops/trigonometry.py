@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ir.dtype import FLOAT_DTYPES
-from ir.ops.shapes import same_type
-from ir.ops.table import OpDef, OpKind, register
+from ir.ops.elementwise import register_unary
 
 # name -> (reference, doc)
 _TRIGONOMETRY = {
@@ -29,15 +28,4 @@ _TRIGONOMETRY = {
 }
 
 for _name, (_fn, _doc) in _TRIGONOMETRY.items():
-    register(
-        OpDef(
-            _name,
-            OpKind.ELEMENTWISE,
-            ("x",),
-            same_type,
-            _fn,
-            dtypes=FLOAT_DTYPES,
-            flops_per_element=4,
-            doc=_doc,
-        )
-    )
+    register_unary(_name, _fn, FLOAT_DTYPES, 4, doc=_doc)
