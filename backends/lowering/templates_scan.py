@@ -28,13 +28,18 @@ def _cumsum(lowering: GroupLowering, node: Node) -> list[Stmt]:
     kept = [shape[a] for a in range(len(shape)) if a != axis]
     dtype = compute_dtype(y.type.dtype)
 
+    # -0.0 is the identity of float addition that keeps signs: numpy's running sum starts at the
+    # first element itself (a -0.0 stays -0.0), while the exclusive scan's first value is +0.0.
+    zero = const(-0.0 if dtype.is_float else 0, dtype)
+
     def body(kept_index: list[Expr]) -> list[Stmt]:
-        total, start = lowering.accumulate("sum", dtype, const(0, dtype))
+        total, start = lowering.accumulate("sum", dtype, zero)
         step = lowering.var("s")
         position = i64(length - 1) - Ref(step) if node.attrs["reverse"] else Ref(step)
         index = [*kept_index[:axis], position, *kept_index[axis:]]
         add = Assign(total, Ref(total) + lowering.compute(x, index))
-        store = lowering.store(y, index, Ref(total))
+        running = Select(Ref(step).eq(i64(0)), const(0, dtype), Ref(total)) if dtype.is_float else Ref(total)
+        store = lowering.store(y, index, running if node.attrs["exclusive"] else Ref(total))
         scan = [*store, add] if node.attrs["exclusive"] else [add, *store]
         return [start, For(step, length, tuple(scan))]
 

@@ -123,7 +123,33 @@ def conditioning(graph: Graph, inputs: Sequence[np.ndarray]) -> float:
             peak, variance = np.abs(sets).max(axis=1), sets.var(axis=1)
             spread = np.nan_to_num(sets.shape[1] * 2.0**-24 * peak / np.sqrt(variance + node.attrs["epsilon"]))
         factor *= max(1.0, float(spread.max()) * max(float(weight), 1.0) / 1e-5)
+    for node in graph.nodes:
+        factor *= _condition_number(node, env)
     return factor
+
+
+def _condition_number(node, env) -> float:
+    """How much a unary float op amplifies a relative change of its input, measured on the data
+    (tan near a pole, log near 1, ...): a different summation order upstream (a conv, a sum)
+    changes its input by a few ulps, which such an op may turn into a visible difference."""
+    from ir import OpKind, get_op
+
+    definition = get_op(node.op)
+    if definition.kind is not OpKind.ELEMENTWISE or len(node.inputs) != 1 or node.op == "cast":
+        return 1.0
+    if not (node.inputs[0].type.dtype.is_float and node.outputs[0].type.dtype.is_float):
+        return 1.0
+    x = env[node.inputs[0]].astype(np.float64)
+    step = 1e-6
+    with np.errstate(all="ignore"):
+        (y,) = definition.run_reference([x], node.attrs)
+        (moved,) = definition.run_reference([x * (1 + step)], node.attrs)
+        change = np.abs(np.asarray(moved, np.float64) - np.asarray(y, np.float64))
+        peak = np.nanmax(np.abs(np.where(np.isfinite(y), y, np.nan))) if np.isfinite(y).any() else 0.0
+    change = change[np.isfinite(change)]
+    if change.size == 0 or peak == 0:
+        return 1.0
+    return max(1.0, float(change.max()) / (step * peak))
 
 
 def has_undefined_cast(graph: Graph, inputs: Sequence[np.ndarray]) -> bool:

@@ -237,3 +237,16 @@ def test_gemm_transpose_flags_and_scales(trans_a, trans_b):
 def test_integer_gemm_with_a_float_scale_truncates_like_numpy():
     arrays = [_random((2, 3), DType.i64), _random((3, 2), DType.i64), _random((2,), DType.i64)]
     _check("gemm", arrays, [DType.i64] * 3, alpha=0.5, beta=0.25)
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cumsum_keeps_the_sign_of_zero_like_numpy(exclusive, reverse):
+    # numpy's running sum starts at the first element itself: a leading -0.0 stays -0.0
+    b = GraphBuilder("g")
+    x = b.input("x", (3,))
+    graph = b.build(b.cumsum(x, axis=0, exclusive=exclusive, reverse=reverse))
+    value = np.array([-0.0, -0.0, -0.0], np.float32)
+    (expected,) = ir.run(graph, [value])
+    (actual,) = run_lowered(graph, [value])
+    np.testing.assert_array_equal(np.signbit(actual), np.signbit(expected))
