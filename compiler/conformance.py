@@ -1,6 +1,6 @@
 """The ONNX conformance runner: ONNX's own backend node test cases through Kiln (or ONNX Runtime).
 
-    python -m compiler.conformance [--target reference] [--runtime kiln|onnxruntime] [--ops Add,Relu]
+    python -m compiler.conformance [--target reference|cpu] [--runtime kiln|onnxruntime] [--ops Add,Relu]
 
 The cases ship inside the `onnx` package and are generated in memory by
 `onnx.backend.test.case.node.collect_testcases()`: each is a small model with input and expected
@@ -9,7 +9,9 @@ target=...)` (or an `onnxruntime.InferenceSession`, for the count beside ours) a
 are compared as ONNX's backend test compares them: same dtype and shape, values within
 `rtol`/`atol` (1e-3 and 1e-7 unless the case says otherwise). Every failure is caught and
 classified, so one run gives a per-op table of what passes and why the rest does not. CI runs it
-(`tests/conformance`) against a floor that only rises.
+(`tests/conformance`) against a floor per target that only rises. On a compiled target (`cpu`) the
+runner also runs the reference target, which is the oracle, and lists the cases that pass there
+but not on the compiled target, with the reason (`differences`).
 """
 
 from __future__ import annotations
@@ -18,19 +20,27 @@ import argparse
 import re
 import sys
 import time
+import traceback
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 PASSED = "passed"
-STATUSES = (PASSED, "unsupported", "opset", "model", "shape", "mismatch", "error", "crash")
+STATUSES = (PASSED, "unsupported", "opset", "model", "shape", "mismatch", "backend", "error", "crash")
 """How a case ends: passed; an op, attribute or dtype Kiln does not support; an opset it cannot
-read; a model it rejects as malformed; a shape error; wrong numbers (or dtype, or shape); another
-Kiln error (e.g. in the interpreter); an exception that is not Kiln's (a bug)."""
+read; a model it rejects as malformed; a shape error; wrong numbers (or dtype, or shape); an
+error raised while lowering, compiling or running a compiled target's code (in `backends` or
+`runtime`, of any type); another Kiln error (e.g. in the interpreter); an exception that is not
+Kiln's (a bug)."""
+
+_BACKEND_PACKAGES = ("backends", "runtime")
+"""The packages whose errors are the "backend" kind: lowering, code generation, the JIT, the executor."""
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -109,9 +119,21 @@ def _compare(actual: Sequence[Any], expected: Sequence[Any], rtol: float, atol: 
     return ""
 
 
+def _raised_in_backend(error: BaseException) -> bool:
+    """Whether any frame between the runner and the raise lies in `backends` or `runtime`: the
+    graph was imported and optimised, and making or running its code failed."""
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        path = Path(frame.f_code.co_filename)
+        if path.is_relative_to(_ROOT) and path.relative_to(_ROOT).parts[0] in _BACKEND_PACKAGES:
+            return True
+    return False
+
+
 def _classify(error: BaseException) -> str:
     from compiler import errors
 
+    if _raised_in_backend(error):
+        return "backend"
     if isinstance(error, errors.UnsupportedOperatorError):
         return "unsupported"
     if isinstance(error, errors.UnsupportedOpsetError):
@@ -128,10 +150,11 @@ def _classify(error: BaseException) -> str:
 FROZEN = " (inputs fixed at import: {})"
 
 
-def run_kiln(case: Any, target: str) -> tuple[str, str]:
-    """Compile and run each data set. Where the model computes a shape (axes, pads, ...) from an
-    input, which ONNX's node tests often do and Kiln's static shapes cannot take, that input is
-    fixed to the data set's value at import (`constant_inputs`) and the detail says so."""
+def run_kiln(case: Any, target: str, threads: int | None = None) -> tuple[str, str]:
+    """Compile and run each data set (a compiled target on `threads` workers). Where the model
+    computes a shape (axes, pads, ...) from an input, which ONNX's node tests often do and Kiln's
+    static shapes cannot take, that input is fixed to the data set's value at import
+    (`constant_inputs`) and the detail says so."""
     import compiler
     from compiler.errors import StaticInputError
     from compiler.frontends.onnx import import_onnx
@@ -152,7 +175,7 @@ def run_kiln(case: Any, target: str) -> tuple[str, str]:
                 if not error.graph_inputs or set(error.graph_inputs) <= frozen:
                     raise
                 frozen |= set(error.graph_inputs)
-        compiled = compiler.compile(imported.graph, target=target)
+        compiled = compiler.compile(imported.graph, target=target, threads=threads)
         actual = compiled(*(given[n] for n in names if n not in frozen))
         actual = list(actual) if isinstance(actual, tuple) else [actual]
         problem = _compare(actual, expected, case.rtol, case.atol)
@@ -166,7 +189,7 @@ def _input_names(model: Any) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in initialized]
 
 
-def run_onnxruntime(case: Any, target: str) -> tuple[str, str]:
+def run_onnxruntime(case: Any, target: str, threads: int | None = None) -> tuple[str, str]:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -190,8 +213,10 @@ def run_cases(
     target: str = "reference",
     runtime: str = "kiln",
     ops: Iterable[str] | None = None,
+    threads: int | None = None,
 ) -> list[CaseResult]:
-    """Every case's result, in order; `ops` keeps only the cases of those ops."""
+    """Every case's result, in order; `ops` keeps only the cases of those ops; `threads` is a
+    compiled target's worker count (default: the executor's, one per core)."""
     run = RUNTIMES[runtime]
     cases = collect_cases() if cases is None else list(cases)
     op_names = _op_names()
@@ -205,11 +230,24 @@ def run_cases(
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                status, detail = run(case, target)
+                status, detail = run(case, target, threads)
         except Exception as error:  # every failure is one case's result, never the run's end
             status, detail = _classify(error) if runtime == "kiln" else "error", f"{type(error).__name__}: {error}"
         results.append(CaseResult(case.name, op, status, detail, time.perf_counter() - start))
     return results
+
+
+def differences(reference: Sequence[CaseResult], results: Sequence[CaseResult]) -> list[CaseResult]:
+    """The results of the cases that pass on the reference target (in `reference`) but not in
+    `results`, in order: what a compiled target still gets wrong, each with its reason."""
+    oracle = {r.name for r in reference if r.status == PASSED}
+    return [r for r in results if r.name in oracle and r.status != PASSED]
+
+
+def describe(result: CaseResult) -> str:
+    """One line: the case, its op, how it ended and why."""
+    reason = result.detail.splitlines()[0][:300] if result.detail else ""
+    return f"{result.name} [{result.op}] {result.status}" + (f": {reason}" if reason else "")
 
 
 def summarize(results: Sequence[CaseResult]) -> str:
@@ -245,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=sorted(RUNTIMES), default="kiln", help="kiln, or onnxruntime to compare")
     parser.add_argument("--ops", default=None, help="comma-separated ONNX op types to run (default: all)")
     parser.add_argument("--failures", action="store_true", help="also list every failing case with its reason")
+    parser.add_argument("--threads", type=int, default=None, help="a compiled target's workers (default: one per core)")
     args = parser.parse_args(argv)
     from compiler.api import TARGETS
 
@@ -252,14 +291,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown target {args.target!r}; Kiln has {', '.join(TARGETS)}")
     ops = [op.strip() for op in args.ops.split(",")] if args.ops else None
     start = time.perf_counter()
-    results = run_cases(target=args.target, runtime=args.runtime, ops=ops)
+    cases = collect_cases()
+    results = run_cases(cases, target=args.target, runtime=args.runtime, ops=ops, threads=args.threads)
+    elapsed = time.perf_counter() - start
     print(summarize(results))
     if args.failures:
         print()
         for result in results:
             if result.status != PASSED:
-                print(f"{result.name} [{result.op}] {result.status}: {result.detail.splitlines()[0][:300]}")
-    print(f"({args.runtime}, target {args.target}: {time.perf_counter() - start:.1f} s)")
+                print(describe(result))
+    if args.runtime == "kiln" and args.target != "reference":
+        reference = run_cases(cases, target="reference", ops=ops)
+        missing = differences(reference, results)
+        print(f"\n{len(missing)} of {sum(r.status == PASSED for r in reference)} cases that pass on the reference "
+              f"target fail on {args.target}" + (":" if missing else ""))  # fmt: skip
+        for result in missing:
+            print("  " + describe(result))
+    print(f"({args.runtime}, target {args.target}: {elapsed:.1f} s)")
     return 0
 
 
