@@ -46,15 +46,6 @@ RESHAPES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze"})
 _EXACT_DTYPES = frozenset({DType.f32, DType.f64})  # the interpreter computes f16/bf16 ops in f32
 
 
-def _only_read_by(rw: Rewriter, value: Value, reader: Node) -> bool:
-    """Whether `reader` is the one reader of `value` and no output returns it: `only_used_here`
-    for an inner link of a pattern rather than the rewritten node. Reads the rewriter's sweep
-    state, as `only_used_here` does; `Rewriter` should offer this itself (`only_read_by`)."""
-    state = rw._state  # the graph before this sweep: new uses only arise where an older reader exists
-    readers = state.graph.users.get(value, ())
-    return len(readers) == 1 and readers[0].outputs == reader.outputs and value not in state.outputs
-
-
 # -- batched matmul through reshapes -------------------------------------------------------------
 
 
@@ -252,7 +243,7 @@ def _attentions(rw: Rewriter, weights: Node) -> Iterator[_Attention]:
             if product is None or product.op != "matmul":
                 continue
             chain = [n for n in (product, scale.node, mask.node if mask else None, weights) if n is not None]
-            if all(_only_read_by(rw, n.output, reader) for n, reader in itertools.pairwise(chain)):
+            if all(rw.only_read_by(n.output, reader) for n, reader in itertools.pairwise(chain)):
                 yield _Attention(product, scale, mask)
 
 

@@ -206,11 +206,16 @@ class Rewriter:
 
     def only_used_here(self, value: Value) -> bool:
         """Whether the node being rewritten is the one reader of `value`, and no output returns it,
-        so a rule may absorb the node that makes it without computing it twice. Answered from the
-        graph before this sweep (new uses only arise where an older reader exists), so it is
-        conservative: a value that just lost a reader waits for the next sweep."""
+        so a rule may absorb the node that makes it without computing it twice."""
+        return self.only_read_by(value, self.node)
+
+    def only_read_by(self, value: Value, reader: Node) -> bool:
+        """Whether `reader` is the one reader of `value` and no output returns it (for an inner
+        link of a pattern). Answered from the graph before this sweep (new uses only arise where
+        an older reader exists), so it is conservative: a value that just lost a reader waits for
+        the next sweep."""
         readers = self._state.graph.users.get(value, ())
-        return len(readers) == 1 and readers[0].outputs == self.node.outputs and value not in self._state.outputs
+        return len(readers) == 1 and readers[0].outputs == reader.outputs and value not in self._state.outputs
 
     def op(self, op: str, *inputs: Value, **attrs: Any) -> Value:
         """Append a node (single output) that carries the rewritten node's source."""

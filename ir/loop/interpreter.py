@@ -113,8 +113,15 @@ class _Machine:
 def cast_scalar(value: np.generic, dtype: DType) -> np.generic:
     if dtype == DType.bool:
         return np.bool_(value != 0)
-    if dtype.is_integer and np.asarray(value).dtype.kind == "f":  # C: truncate towards zero
-        return dtype.numpy.type(math.trunc(float(value)))
+    if dtype.is_integer and DType.from_numpy(np.asarray(value).dtype).is_float:
+        # Truncate towards zero; where C leaves it undefined (nan, out of range), saturate as
+        # LLVM's fptosi.sat does: nan -> 0, beyond the range -> its nearest end.
+        number = float(value)
+        if math.isnan(number):
+            return dtype.numpy.type(0)
+        info = np.iinfo(dtype.numpy)
+        return dtype.numpy.type(min(max(math.trunc(number), info.min), info.max) if math.isfinite(number)
+                                else (info.max if number > 0 else info.min))  # fmt: skip
     with np.errstate(all="ignore"):
         return np.asarray(value).astype(dtype.numpy)[()]
 

@@ -104,3 +104,18 @@ def test_bf16_nan_becomes_the_quiet_nan_of_its_sign():
     y = np.zeros(x.size, ml_dtypes.bfloat16)
     call(compile_kernels([kernel]), kernel, [x, y])
     assert [hex(v) for v in y.view(np.uint16)] == ["0x7fc0", "0xffc0", "0x7fc0", "0x7fc0", "0x7f80", "0x0"]
+
+
+@pytest.mark.parametrize("source", [DType.f32, DType.f64, DType.f16, DType.bf16])
+@pytest.mark.parametrize("target", [DType.i8, DType.u8, DType.i32, DType.i64])
+def test_float_to_int_saturates_like_the_interpreter(source, target):
+    # C leaves nan and out-of-range conversions undefined; the kernel IR saturates (LLVM's fptosi.sat)
+    values = np.array([np.nan, np.inf, -np.inf, 1e4, -1e4, 300.5, -300.5, 2.9, -2.9], np.float64)
+    with np.errstate(over="ignore"):
+        values = values.astype(source.numpy)
+    kernel = cast_kernel(source, target, values.size)
+    module = compile_kernels([kernel], f"saturate_{source}_{target}")
+    interpreted, compiled = run_both(module, kernel, [values, np.zeros(values.size, target.numpy)])
+    assert_bit_identical(compiled[1], interpreted[1], f"{source} -> {target} of {values}")
+    info = np.iinfo(target.numpy)
+    assert compiled[1][0] == 0 and compiled[1][1] == info.max and compiled[1][2] == info.min
