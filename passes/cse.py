@@ -57,8 +57,8 @@ class CSE(Pass):
 
 def node_key(graph: Graph, node: Node, inputs: Sequence[Value]) -> Hashable | None:
     """What two nodes must share to be merged; `None` for a node that is never merged."""
-    if any(isinstance(value, Graph) for value in node.attrs.values()):
-        return None  # a region
+    if get_op(node.op).is_region:
+        return None
     if node.op == "const":
         array = graph.constants[node.attrs["name"]]
         # A digest rather than the bytes themselves keeps the table small for big weights;

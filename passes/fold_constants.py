@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ir import Graph, GraphBuilder, KilnError, Node, Value, run
+from ir import Graph, GraphBuilder, KilnError, Node, Value, get_op, run
 from passes.editing import map_nodes
 from passes.manager import Numerics, Pass, register_pass
 
@@ -84,9 +84,8 @@ def fold_values(graph: Graph, max_elements: int) -> dict[Node, list[np.ndarray]]
 
 def _can_fold(node: Node, known: dict[Value, np.ndarray], max_elements: int) -> bool:
     # A region stays whole: folding it would undo the grouping that fusion chose for it.
-    is_region = any(isinstance(value, Graph) for value in node.attrs.values())
     return (
-        not is_region
+        not get_op(node.op).is_region
         and all(v in known for v in node.inputs)
         and sum(v.type.numel for v in node.outputs) <= max_elements
     )

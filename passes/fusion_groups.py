@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from ir import AttrKind, Graph, Node, OpKind, Value, get_op
+from ir import Graph, Node, OpKind, Value, get_op
 
 
 class GroupKind(enum.Enum):
@@ -66,7 +66,7 @@ class FusionGroup:
 
 def is_region(node: Node) -> bool:
     """Whether `node` already holds a body graph (a `fused` node): it is a kernel as it is."""
-    return any(attr.kind == AttrKind.GRAPH for attr in get_op(node.op).attrs)
+    return get_op(node.op).is_region
 
 
 def size(node: Node) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ir.attributes import Attr, Attributes, normalize_attributes
+from ir.attributes import Attr, Attributes, AttrKind, normalize_attributes
 from ir.dtype import ALL_DTYPES, DType
 from ir.errors import ShapeError, UnknownOpError
 from ir.types import TensorType
@@ -91,6 +91,11 @@ class OpDef:
         object.__setattr__(self, "attr_index", {a.name: a for a in self.attrs})
         if self.reference is None and self.decompose is None:
             raise ValueError(f"op {self.name!r} needs a reference or a decomposition")
+
+    @property
+    def is_region(self) -> bool:
+        """Whether the op holds a body graph (`fused`): passes treat such nodes as a whole."""
+        return any(attr.kind is AttrKind.GRAPH for attr in self.attrs)
 
     @property
     def variadic(self) -> bool:

@@ -18,7 +18,6 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ir.attributes import AttrKind
 from ir.builder import GraphBuilder
 from ir.dtype import DType
 from ir.errors import ShapeError
@@ -38,9 +37,7 @@ _INPUT_NAMES = ("x", "y", "z")
 def drawable_ops() -> list[str]:
     """Every op the strategy may draw: the whole table except `const` (constants are drawn apart)
     and regions such as `fused`, whose bodies passes make from drawn graphs."""
-    return sorted(
-        name for name in OPS if name != "const" and not any(a.kind == AttrKind.GRAPH for a in OPS[name].attrs)
-    )
+    return sorted(name for name in OPS if name != "const" and not OPS[name].is_region)
 
 
 @st.composite
