@@ -20,8 +20,21 @@ def const(value: float | int | bool, dtype: DType) -> Const:
     return Const(int(value) if dtype.is_integer else float(value), dtype)
 
 
+class Unflattened(list):
+    """A multi-index that `unflatten` made from an offset: flattening it again in the same shape
+    gives that offset back, so a read through a reshape costs no division, and two positions
+    reached through reshapes compare equal when their offsets do."""
+
+    def __init__(self, index: Sequence[Expr], offset: Expr, shape: Sequence[int]) -> None:
+        super().__init__(index)
+        self.offset = offset
+        self.shape = tuple(shape)
+
+
 def flat_index(index: Sequence[Expr], shape: Sequence[int]) -> Expr:
     """The row-major offset of `index` in a tensor of `shape` (dimensions of size 1 add nothing)."""
+    if isinstance(index, Unflattened) and index.shape == tuple(shape):
+        return index.offset
     offset: Expr | None = None
     stride = 1
     for position, size in reversed(list(zip(index, shape))):
@@ -32,7 +45,7 @@ def flat_index(index: Sequence[Expr], shape: Sequence[int]) -> Expr:
     return offset if offset is not None else i64(0)
 
 
-def unflatten(offset: Expr, shape: Sequence[int]) -> list[Expr]:
+def unflatten(offset: Expr, shape: Sequence[int]) -> Unflattened:
     """The multi-index of row-major `offset` (which is below the tensor's size) in `shape`."""
     strides, stride = [], 1
     for size in reversed(shape):
@@ -47,7 +60,7 @@ def unflatten(offset: Expr, shape: Sequence[int]) -> list[Expr]:
         position = offset if step == 1 else offset // step
         outermost = all(s == 1 for s in shape[:axis])  # nothing above it, so no wrap-around
         index.append(position if outermost else position % size)
-    return index
+    return Unflattened(index, offset, shape)
 
 
 class Names:

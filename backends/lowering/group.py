@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from backends.lowering.expr import Names, const, flat_index
+from backends.lowering.expr import Names, Unflattened, const, flat_index, unflatten
 from backends.lowering.indexing import INDEXING, broadcast_index, split_element
 from backends.lowering.scalar import ARANGE, SCALAR
 from ir import DType, Graph, GraphBuilder, KilnError, Node, OpKind, Value, get_op
@@ -52,7 +52,9 @@ class GroupLowering:
         self.locals: list[Buffer] = []
         self.statements: list[Stmt] = []
         self.written: set[int] = set()  # positions of the outputs already stored
-        self.overrides: dict[Value, tuple[tuple[Expr, ...], Expr]] = {}
+        self.overrides: dict[Value, tuple[Expr, Expr]] = {}
+        """value -> (flat offset, expression): the value's element at that offset is the expression
+        (a template's result being stored, seen by its epilogue)."""
         self.params = [self._buffer(v, f"in_{v.name or 'x'}") for v in self.body.inputs]
         self.buffers.update(zip(self.body.inputs, self.params))
         self.outputs: list[Buffer] = [self._buffer(v, f"out{i}") for i, v in enumerate(self.body.outputs)]
@@ -93,14 +95,14 @@ class GroupLowering:
 
     def element(self, value: Value, index: Sequence[Expr]) -> Expr:
         """The element of `value` at `index`, in its storage dtype."""
-        index = tuple(index)
         if value in self.overrides:
             at, expr = self.overrides[value]
-            if at != index:
+            if flat_index(index, value.type.shape) != at:
                 raise _Mismatch
             return expr
         if value in self.buffers:
             return Load(self.buffers[value], flat_index(index, value.type.shape))
+        index = tuple(index) if not isinstance(index, Unflattened) else index
         node = self.producers.get(value)
         if node is None:
             raise LoweringError(f"{self.name}: value {value!r} has no producer in the group")
@@ -148,13 +150,16 @@ class GroupLowering:
         expr = expr.cast(value.type.dtype)
         epilogue = self.epilogues.get(value)
         if epilogue is not None:
-            self.overrides[value] = (tuple(index), expr)
+            offset = flat_index(index, value.type.shape)
+            self.overrides[value] = (offset, expr)
+            # The epilogue's element at the same offset (its chain keeps the element order).
+            at = index if epilogue.type.shape == value.type.shape else unflatten(offset, epilogue.type.shape)
             try:
-                result = self.element(epilogue, index)
+                result = self.element(epilogue, at)
             finally:
                 del self.overrides[value]
             buffer = self.outputs[self.body.outputs.index(epilogue)]
-            return [Store(buffer, flat_index(index, epilogue.type.shape), result)]
+            return [Store(buffer, flat_index(at, epilogue.type.shape), result)]
         buffer = self.buffers[value]
         return [Store(buffer, flat_index(index, value.type.shape), expr)]
 
@@ -219,8 +224,9 @@ class GroupLowering:
         return any(self.uses.get(v, 0) > 1 for v in node.outputs)
 
     def _epilogue_of(self, value: Value) -> Value | None:
-        """The group output computed from `value` alone by a single-reader chain of inlinable,
-        shape-preserving ops, if any (and if reading `value` at the stored position suffices)."""
+        """The group output computed from `value` by a single-reader chain of inlinable ops of
+        as many elements (shape-preserving, or reshapes that keep the element order), if any,
+        and if each of its elements reads `value` only at the same flat position."""
         current = value
         while True:
             if current in self.body.outputs:
@@ -229,16 +235,18 @@ class GroupLowering:
             if len(readers) != 1 or self.uses.get(current, 0) != 1:
                 return None
             reader = readers[0]
-            if not _inlinable(reader) or len(reader.outputs) != 1 or reader.outputs[0].type.shape != value.type.shape:
+            if not _inlinable(reader) or len(reader.outputs) != 1 or reader.outputs[0].type.numel != value.type.numel:
                 return None
             current = reader.outputs[0]
         if current is value or self.body.outputs.count(current) != 1 or self.uses.get(current, 0) > 1:
             return None
         # Try it: reading `value` anywhere but at the stored position disqualifies it.
-        probe = tuple(Ref(self.var("probe")) for _ in value.type.shape)
-        self.overrides[value] = (probe, const(0, value.type.dtype))
+        probe = [Ref(self.var("probe")) for _ in value.type.shape]
+        offset = flat_index(probe, value.type.shape)
+        self.overrides[value] = (offset, const(0, value.type.dtype))
+        at = probe if current.type.shape == value.type.shape else unflatten(offset, current.type.shape)
         try:
-            self.element(current, probe)
+            self.element(current, at)
         except (_Mismatch, LoweringError):
             return None
         finally:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from backends.lowering.expr import const, flat_index, i64, unflatten
+from backends.lowering.expr import Unflattened, const, flat_index, i64, unflatten
 from ir import DType, Node, Value, get_op
 from ir.loop import Binary, Expr, Select
 
@@ -35,8 +35,10 @@ def _transpose(element: Element, node: Node, index: Sequence[Expr]) -> Expr:
     return element(node.inputs[0], source)
 
 
-def broadcast_index(index: Sequence[Expr], shape: Sequence[int]) -> list[Expr]:
+def broadcast_index(index: Sequence[Expr], shape: Sequence[int]) -> Sequence[Expr]:
     """numpy broadcasting read backwards: the position in `shape` that feeds `index`."""
+    if isinstance(index, Unflattened) and index.shape == tuple(shape):
+        return index  # nothing broadcast: keep the offset it was made from
     lead = len(index) - len(shape)
     return [i64(0) if size == 1 else index[lead + axis] for axis, size in enumerate(shape)]
 

@@ -45,6 +45,35 @@ def test_gemm_bias_gelu_residual_is_one_loop_nest():
     _check(graph, [_random(4, 8), _random(4, 6)])
 
 
+def test_an_epilogue_through_a_reshape_is_still_one_loop_nest():
+    # torch.export's linear on [B, T, C] is reshape -> gemm -> reshape; the residual add after the
+    # reshape back must still be applied at the gemm's store, in one parallel loop nest.
+    builder = GraphBuilder("linear_reshape_residual")
+    x, residual = builder.input("x", (6, 8)), builder.input("residual", (2, 3, 5))
+    weight = builder.constant(_random(5, 8), "weight")
+    y = builder.reshape(builder.gemm(x, weight, trans_b=True), shape=(2, 3, 5))
+    graph = builder.build(builder.add(residual, builder.relu(y)))
+
+    _, kernels = lower_graph(graph)
+    (kernel,) = kernels
+    assert len(kernel.body) == 1 and kernel.body[0].kind is LoopKind.PARALLEL
+    assert kernel.locals == ()
+    _check(graph, [_random(6, 8), _random(2, 3, 5)])
+
+
+def test_a_transpose_after_a_gemm_is_not_an_epilogue():
+    # reading the gemm at another position than the one being stored: it needs the whole result first
+    builder = GraphBuilder("linear_transpose")
+    x = builder.input("x", (4, 8))
+    weight = builder.constant(_random(6, 8), "weight")
+    graph = builder.build(builder.relu(builder.transpose(builder.gemm(x, weight, trans_b=True), perm=(1, 0))))
+
+    _, kernels = lower_graph(graph)
+    (kernel,) = kernels
+    assert len(kernel.locals) == 1  # the gemm's result is materialized, then read transposed
+    _check(graph, [_random(4, 8)])
+
+
 def test_a_shared_elementwise_value_is_computed_once():
     builder = GraphBuilder("shared")
     x = builder.input("x", (3, 5))
