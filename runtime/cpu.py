@@ -26,11 +26,11 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime.disk_cache import read_entry, write_entry
 from runtime.errors import CodeCompilationError, InputMismatchError, ProgramError
 from runtime.program import BufferSpec, Program, describe_array
 
@@ -127,49 +127,20 @@ _PAUSE = {  # the spin-wait hint per architecture: saves power and a pipeline fl
 _TARGET_ATTRIBUTES = re.compile(r'"(target-cpu|target-features|tune-cpu)"="[^"]*"')
 
 _OBJECT_CACHE: dict[str, bytes] = {}
-"""Compiled objects by a hash of the IR and the host: executors of one program share them."""
-
-CACHE_ENVIRONMENT_VARIABLE = "KILN_CACHE_DIR"
-"""Where compiled objects are kept on disk (default ~/.cache/kiln; "off" keeps none), so that a
-second compile of the same program in another process skips LLVM's optimisation and codegen."""
-
-
-def _cache_path(key: str) -> Path | None:
-    location = os.environ.get(CACHE_ENVIRONMENT_VARIABLE) or str(Path.home() / ".cache" / "kiln")
-    return None if location == "off" else Path(location) / f"{key}.o"
+"""Compiled objects by a hash of the IR and the host: executors of one program share them; on
+disk they are kept by `runtime.disk_cache`, so a second compile in another process skips LLVM."""
 
 
 def _cached_object(key: str) -> bytes | None:
-    """The compiled object for `key`, from memory or disk; a disk entry that fails its checksum
-    (truncated, overwritten) is deleted and treated as missing, so it is rebuilt."""
-    if key in _OBJECT_CACHE:
-        return _OBJECT_CACHE[key]
-    path = _cache_path(key)
-    try:
-        content = path.read_bytes() if path is not None else b""
-    except OSError:
-        return None
-    digest, data = content[:32], content[32:]
-    if len(digest) == 32 and hashlib.sha256(data).digest() == digest:
+    """The compiled object for `key`, from memory or from the cache on disk."""
+    if key not in _OBJECT_CACHE and (data := read_entry(f"{key}.o")) is not None:
         _OBJECT_CACHE[key] = data
-        return data
-    if content:
-        path.unlink(missing_ok=True)
-    return None
+    return _OBJECT_CACHE.get(key)
 
 
 def _remember_object(key: str, data: bytes) -> None:
     _OBJECT_CACHE.setdefault(key, data)
-    path = _cache_path(key)
-    if path is None:
-        return
-    try:  # written whole then renamed, so a reader never sees half a file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(hashlib.sha256(data).digest() + data)
-        partial.replace(path)
-    except OSError:
-        pass  # a read-only or full disk costs speed, not correctness
+    write_entry(f"{key}.o", data)
 
 
 # The C libraries generated code calls into (tanhf, erf, fmodf, malloc, ...): MCJIT resolves

@@ -20,7 +20,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ir.errors import KilnError
-from runtime.cpu import CACHE_ENVIRONMENT_VARIABLE
+from runtime.disk_cache import discard_entry, read_entry, write_entry
 
 PRELUDE = Path(__file__).with_name("prelude.h")
 INSTALL_HINT = (
@@ -216,39 +215,18 @@ def _cache_key(source: str, arch: str, version: tuple[int, int], options: list[s
     return "cuda-" + digest.hexdigest()
 
 
-def _cache_path(key: str) -> Path | None:
-    location = os.environ.get(CACHE_ENVIRONMENT_VARIABLE) or str(Path.home() / ".cache" / "kiln")
-    return None if location == "off" else Path(location) / f"{key}.cubin"
-
-
 def _read_cache(key: str) -> tuple[bytes, str] | None:
-    """The cubin and log for `key`; an entry that fails its checksum or does not parse is deleted."""
-    path = _cache_path(key)
-    try:
-        content = path.read_bytes() if path is not None else b""
-    except OSError:
+    """The cubin and log for `key`; an entry whose header does not parse is deleted."""
+    data = read_entry(f"{key}.cubin")
+    if data is None:
         return None
-    digest, data = content[:32], content[32:]
-    if len(digest) == 32 and hashlib.sha256(data).digest() == digest:
-        header, _, cubin = data.partition(b"\n")
-        try:
-            return cubin, json.loads(header)["log"]
-        except (ValueError, KeyError, TypeError):
-            pass
-    if content:
-        path.unlink(missing_ok=True)
-    return None
+    header, _, cubin = data.partition(b"\n")
+    try:
+        return cubin, json.loads(header)["log"]
+    except (ValueError, KeyError, TypeError):
+        discard_entry(f"{key}.cubin")
+        return None
 
 
 def _write_cache(key: str, cubin: bytes, log: str) -> None:
-    path = _cache_path(key)
-    if path is None:
-        return
-    data = json.dumps({"log": log}).encode() + b"\n" + cubin
-    try:  # written whole then renamed, so a reader never sees half a file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(hashlib.sha256(data).digest() + data)
-        partial.replace(path)
-    except OSError:
-        pass  # a read-only or full disk costs speed, not correctness
+    write_entry(f"{key}.cubin", json.dumps({"log": log}).encode() + b"\n" + cubin)

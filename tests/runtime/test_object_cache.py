@@ -6,11 +6,12 @@ import hashlib
 import pytest
 
 from runtime import cpu
+from runtime.disk_cache import CACHE_ENVIRONMENT_VARIABLE
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(cpu.CACHE_ENVIRONMENT_VARIABLE, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, str(tmp_path))
     monkeypatch.setattr(cpu, "_OBJECT_CACHE", {})
     return tmp_path
 
@@ -45,7 +46,7 @@ def test_a_corrupt_entry_is_ignored_and_rebuilt(cache, monkeypatch, compile_kern
 
 
 def test_off_keeps_nothing(tmp_path, monkeypatch, compile_kernel):
-    monkeypatch.setenv(cpu.CACHE_ENVIRONMENT_VARIABLE, "off")
+    monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, "off")
     monkeypatch.setattr(cpu, "_OBJECT_CACHE", {})
     monkeypatch.chdir(tmp_path)
     compile_kernel("add_uncached")
