@@ -18,6 +18,7 @@ import numpy as np
 
 from backends.lowering.expr import const, i64, unflatten
 from backends.lowering.group import GroupLowering, compute_dtype
+from backends.lowering.indexing import broadcast_index
 from backends.lowering.templates_nn import TEMPLATES_NN
 from backends.lowering.templates_scan import TEMPLATES_SCAN
 from ir import DType, Node
@@ -262,7 +263,7 @@ def _matmul(lowering: GroupLowering, node: Node) -> list[Stmt]:
         k = lowering.var("k")
 
         def operand(value, shape, pair):
-            full = [*_broadcast(batch_index, shape[:-2]), *pair]
+            full = [*broadcast_index(batch_index, shape[:-2]), *pair]
             return lowering.compute(
                 value, full if value.type.rank > 1 else full[-1:] if shape[-2] == 1 else full[-2:-1]
             )
@@ -272,11 +273,6 @@ def _matmul(lowering: GroupLowering, node: Node) -> list[Stmt]:
         return [start, For(k, depth, (Assign(acc, Ref(acc) + product),)), *lowering.store(y, out, Ref(acc))]
 
     return lowering.loops([*batch, rows, columns], body)
-
-
-def _broadcast(index: Sequence[Expr], shape: Sequence[int]) -> list[Expr]:
-    lead = len(index) - len(shape)
-    return [i64(0) if size == 1 else index[lead + axis] for axis, size in enumerate(shape)]
 
 
 def _gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
@@ -302,7 +298,7 @@ def _gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
             result = const(attrs["alpha"], scale_dtype) * result
         if bias:
             (c,) = bias
-            term = lowering.compute(c, _broadcast(index, c.type.shape)).cast(scale_dtype)
+            term = lowering.compute(c, broadcast_index(index, c.type.shape)).cast(scale_dtype)
             result = result + (term if attrs["beta"] == 1.0 else const(attrs["beta"], scale_dtype) * term)
         return [start, For(k, depth, (Assign(acc, Ref(acc) + product),)), *lowering.store(y, index, result)]
 
