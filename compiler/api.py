@@ -23,6 +23,7 @@ import ir
 from compiler.errors import InputMismatchError
 from compiler.frontends import ImportedModel, import_model, unflatten_single_or_tuple
 from compiler.tensors import is_torch_tensor, to_numpy, to_torch
+from ir.graph import to_identifier
 from passes import Pass, PassManager, parse_pipeline
 from passes.instruments import PassStatistics
 from passes.pipelines import default_pipeline
@@ -147,17 +148,12 @@ def load(path: str, threads: int | None = None) -> CompiledModel:
     from runtime import load as load_program
 
     program = load_program(path)
-    builder = ir.GraphBuilder(_identifier(program.name))
+    builder = ir.GraphBuilder(to_identifier(program.name))
     inputs = [
-        builder.input(_identifier(spec.name), spec.shape, ir.DType.from_numpy(spec.numpy_dtype))
+        builder.input(to_identifier(spec.name), spec.shape, ir.DType.from_numpy(spec.numpy_dtype))
         for spec in program.input_specs
     ]
     signature = builder.build(*inputs)  # the inputs alone: what calls are checked against
     imported = ImportedModel(signature, lambda args, kwargs: list(args), unflatten_single_or_tuple)
     return CompiledModel(imported, program.target, signature, program=program,
                          executor=CpuExecutor(program, threads=threads))  # fmt: skip
-
-
-def _identifier(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "_." else "_" for c in name)
-    return cleaned if cleaned[:1].isalpha() or cleaned[:1] == "_" else f"v{cleaned}"

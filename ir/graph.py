@@ -31,6 +31,13 @@ def is_identifier(name: str) -> bool:
     return bool(_IDENTIFIER.match(name))
 
 
+def to_identifier(text: str) -> str:
+    """`text` as a name the text form accepts: other characters become `_`, and a name that
+    cannot start an identifier (`0.weight`) gets a `t_` in front."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.]", "_", text)
+    return cleaned if re.match(r"[A-Za-z_]", cleaned) else f"t_{cleaned}"
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Value:
     """An SSA value. `name` is a hint for the printer (inputs keep theirs; others are numbered)."""

@@ -24,6 +24,7 @@ import ir
 from compiler.errors import ShapeError, UnsupportedOp, UnsupportedOperatorError
 from compiler.tensors import to_numpy
 from ir import DType, GraphBuilder, Value
+from ir.graph import to_identifier
 
 _TORCH_TO_IR = {
     torch.float64: DType.f64,
@@ -131,13 +132,13 @@ class GraphConverter:
         if dtype is None:
             self._refuse(node, f"input {node.name}", f"dtype {meta.dtype}")
             return
-        self.values[node] = self.builder.input(_identifier(node.name), tuple(meta.shape), dtype)
+        self.values[node] = self.builder.input(to_identifier(node.name), tuple(meta.shape), dtype)
 
     def add_constant(self, node: torch.fx.Node, tensor: torch.Tensor, name: str) -> None:
         if torch_dtype_to_ir(tensor.dtype) is None:
             self._refuse(node, f"constant {name}", f"dtype {tensor.dtype}")
             return
-        self.values[node] = self.builder.constant(to_numpy(tensor).copy(), _identifier(name))
+        self.values[node] = self.builder.constant(to_numpy(tensor).copy(), to_identifier(name))
 
     def convert(self, graph: torch.fx.Graph, outputs: Sequence[Any]) -> tuple[ir.Graph, list[tuple[str, Any]]]:
         """The verified IR graph, and per model output either ("output", index) or ("constant", value)."""
@@ -268,8 +269,3 @@ def _shorten(path: str) -> str:
         return os.path.relpath(absolute, os.path.dirname(_TORCH_DIR))
     relative = os.path.relpath(absolute)
     return path if relative.startswith("..") else relative
-
-
-def _identifier(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_.]", "_", name)
-    return cleaned if re.match(r"[A-Za-z_]", cleaned) else f"t_{cleaned}"

@@ -122,3 +122,12 @@ def test_low_precision_inputs_compute_in_f32():
     graph = builder.build(builder.sub(builder.add(x, one), x))
     assert ir.run(graph, [np.array([2048], np.float16)])[0][0] == 0
     assert ir.run(graph, [np.array([2048], np.float16)], oracle=True)[0][0] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "name"), [("x", "x"), ("0.weight", "t_0.weight"), ("layer-1/w", "layer_1_w"), ("é", "_")]
+)
+def test_to_identifier_makes_names_the_text_form_accepts(text, name):
+    from ir.graph import is_identifier, to_identifier
+
+    assert to_identifier(text) == name and is_identifier(name)
