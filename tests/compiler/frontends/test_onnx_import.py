@@ -4,7 +4,6 @@ and a table of bad models with the error each must give (every unsupported op at
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +24,7 @@ from compiler.errors import (  # noqa: E402
     UnsupportedOpsetError,
 )
 from compiler.frontends.onnx import import_onnx  # noqa: E402
-
-
-def _helpers():
-    spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).with_name("onnx_models.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-M = _helpers()
+from tests.compiler.frontends import onnx_models as M  # noqa: E402
 
 
 def linear_model(opset: int = 18, batch: int | str = 2) -> onnx.ModelProto:

@@ -4,9 +4,6 @@ target gives ONNX Runtime's outputs, dtype and shape included."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,16 +11,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import compiler
+from tests.compiler.frontends import onnx_models as M
 
-
-def _helpers():
-    spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).with_name("onnx_models.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-M = _helpers()
 In, Init, rand = M.In, M.Init, M.rand
 x34 = rand(3, 4)
 x2345 = rand(2, 3, 4, 5)
