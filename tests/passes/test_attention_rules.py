@@ -18,21 +18,12 @@ import ir
 from ir import DType, GraphBuilder
 from ir.testing import assert_equivalent
 from passes.attention_rules import ATTENTION
-from passes.canonicalize import EXACT_RULES, Canonicalize
+from tests.passes.canonical_cases import EXACT, FULL, canonical_and_stable, check_rule_case
 
-EXACT = Canonicalize(exact_only=True)
-FULL = Canonicalize()
 # The inexact folds multiply by 1/c where the chain divided by c, or use 1/sqrt(E) in f64 where the
 # chain held it rounded to f32: a few f32 ulps in the scores, then what softmax makes of them.
 RTOL, ATOL = 1e-5, 1e-5
 ATTENTION_OP = "scaled_dot_product_attention"
-
-
-def _canonical_and_stable(graph: ir.Graph, step: Canonicalize) -> ir.Graph:
-    after = step.run(graph)
-    ir.verify(after)
-    assert str(step.run(after)) == str(after), "a second canonicalize changed the graph"
-    return after
 
 
 def _special_inputs(graph: ir.Graph) -> list[np.ndarray]:
@@ -158,7 +149,7 @@ def _ops(graph: ir.Graph) -> set[str]:
 @given(attention_chains())
 def test_exact_rules_on_attention_chains_are_bit_identical(drawn):
     graph, _ = drawn
-    after = _canonical_and_stable(graph, EXACT)
+    after = canonical_and_stable(graph, EXACT)
     assert_equivalent(graph, after)
     assert_equivalent(graph, after, _special_inputs(graph))
 
@@ -166,7 +157,7 @@ def test_exact_rules_on_attention_chains_are_bit_identical(drawn):
 @given(attention_chains())
 def test_all_rules_on_attention_chains_stay_close_to_the_oracle(drawn):
     graph, _ = drawn
-    assert_equivalent(graph, _canonical_and_stable(graph, FULL), oracle=True, rtol=RTOL, atol=ATOL)
+    assert_equivalent(graph, canonical_and_stable(graph, FULL), oracle=True, rtol=RTOL, atol=ATOL)
 
 
 @given(attention_chains())
@@ -481,21 +472,10 @@ graph @g(%q: f16[2,3,4], %k: f16[2,3,4], %v: f16[2,3,4]) -> (f16[2,3,4]) {
     ),
 ]
 
-_EXACT_NAMES = {rule.name for rule in EXACT_RULES}
-
 
 @pytest.mark.parametrize(("rule", "why", "before", "expected"), CASES, ids=[case[1] for case in CASES])
 def test_each_rule_rewrites_its_pattern(rule, why, before, expected):
-    graph = ir.parse_graph(before)
-    after = _canonical_and_stable(graph, FULL)
-    assert str(after) == expected
-    if rule in _EXACT_NAMES:
-        assert str(_canonical_and_stable(graph, EXACT)) == expected
-        assert_equivalent(graph, after)
-        assert_equivalent(graph, after, _special_inputs(graph))
-    else:
-        assert str(EXACT.run(graph)) == str(graph), "exact_only applied an inexact rule"
-        assert_equivalent(graph, after, oracle=True, rtol=RTOL, atol=ATOL)
+    check_rule_case(rule, before, expected, _special_inputs, RTOL, ATOL)
 
 
 def test_every_rule_has_a_before_and_expected_case():

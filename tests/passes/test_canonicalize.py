@@ -12,20 +12,12 @@ from ir import DType, GraphBuilder, ShapeError
 from ir.testing import assert_equivalent, graphs
 from passes import Numerics, make_pass, parse_pipeline
 from passes.attention_rules import ATTENTION
-from passes.canonicalize import EXACT_RULES, RULES, Canonicalize, holds_every_value
+from passes.canonicalize import EXACT_RULES, RULES, holds_every_value
+from tests.passes.canonical_cases import EXACT, FULL, canonical_and_stable, check_rule_case
 
-EXACT = Canonicalize(exact_only=True)
-FULL = Canonicalize()
 # The inexact rules reassociate or rescale in f64 and round once more: a few ulps of f32, then
 # what the following ops make of that.
 RTOL, ATOL = 1e-5, 1e-5
-
-
-def _canonical_and_stable(graph: ir.Graph, step: Canonicalize) -> ir.Graph:
-    after = step.run(graph)
-    ir.verify(after)
-    assert str(step.run(after)) == str(after), "a second canonicalize changed the graph"
-    return after
 
 
 # -- properties over random graphs ------------------------------------------------------------------
@@ -33,12 +25,12 @@ def _canonical_and_stable(graph: ir.Graph, step: Canonicalize) -> ir.Graph:
 
 @given(graphs())
 def test_exact_rules_keep_every_output_bit_identical(graph):
-    assert_equivalent(graph, _canonical_and_stable(graph, EXACT))
+    assert_equivalent(graph, canonical_and_stable(graph, EXACT))
 
 
 @given(graphs())
 def test_all_rules_stay_close_to_the_oracle(graph):
-    assert_equivalent(graph, _canonical_and_stable(graph, FULL), oracle=True, rtol=RTOL, atol=ATOL)
+    assert_equivalent(graph, canonical_and_stable(graph, FULL), oracle=True, rtol=RTOL, atol=ATOL)
 
 
 # Random graphs over the whole op table rarely hold the chains these rules look for (a transpose
@@ -186,17 +178,17 @@ def patterned_graphs(draw, continuous: bool = False) -> ir.Graph:
 
 @given(patterned_graphs())
 def test_exact_rules_on_rewritable_chains_are_bit_identical(graph):
-    assert_equivalent(graph, _canonical_and_stable(graph, EXACT))
+    assert_equivalent(graph, canonical_and_stable(graph, EXACT))
 
 
 @given(patterned_graphs(continuous=True))
 def test_all_rules_on_rewritable_chains_stay_close_to_the_oracle(graph):
-    assert_equivalent(graph, _canonical_and_stable(graph, FULL), oracle=True, rtol=RTOL, atol=ATOL)
+    assert_equivalent(graph, canonical_and_stable(graph, FULL), oracle=True, rtol=RTOL, atol=ATOL)
 
 
 @given(patterned_graphs())
 def test_all_rules_on_rewritable_chains_keep_types_and_verify(graph):
-    after = _canonical_and_stable(graph, FULL)
+    after = canonical_and_stable(graph, FULL)
     assert [v.type for v in after.outputs] == [v.type for v in graph.outputs]
 
 
@@ -782,8 +774,6 @@ constants {
     ),
 ]
 
-_EXACT_NAMES = {rule.name for rule in EXACT_RULES}
-
 
 def _special_inputs(graph: ir.Graph) -> list[np.ndarray]:
     """Inputs full of the values where float identities break: signed zeros, infinities, nan,
@@ -804,16 +794,7 @@ def _special_inputs(graph: ir.Graph) -> list[np.ndarray]:
 
 @pytest.mark.parametrize(("rule", "before", "expected"), CASES, ids=[case[0] for case in CASES])
 def test_each_rule_rewrites_its_pattern(rule, before, expected):
-    graph = ir.parse_graph(before)
-    after = _canonical_and_stable(graph, FULL)
-    assert str(after) == expected
-    if rule in _EXACT_NAMES:
-        assert str(_canonical_and_stable(graph, EXACT)) == expected
-        assert_equivalent(graph, after)
-        assert_equivalent(graph, after, _special_inputs(graph))
-    else:
-        assert str(EXACT.run(graph)) == str(graph), "exact_only applied an inexact rule"
-        assert_equivalent(graph, after, oracle=True, rtol=RTOL, atol=ATOL)
+    check_rule_case(rule, before, expected, _special_inputs, RTOL, ATOL)
 
 
 def test_every_rule_has_a_before_and_expected_case():
