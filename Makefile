@@ -13,6 +13,7 @@ demo: $(STAMP)
 	$(PYTHON) examples/demo.py
 
 test: $(STAMP)
+	$(PYTHON) scripts/fetch_models.py
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) -q
 

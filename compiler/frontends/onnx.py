@@ -262,11 +262,7 @@ class _GraphImporter:
         return names
 
     def _input_shape(self, position: int, name: str, tensor_type, dtype: ir.DType) -> tuple[int, ...]:
-        declared = (
-            [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
-            if tensor_type.HasField("shape")
-            else None
-        )
+        declared = [_declared_dim(d) for d in tensor_type.shape.dim] if tensor_type.HasField("shape") else None
         if name in self.input_shapes:
             shape = tuple(int(d) for d in self.input_shapes[name])
         elif self.example_inputs is not None:
@@ -392,3 +388,11 @@ def _as_list(result: Any) -> list[ir.Value | None]:
 def _input_flattener(graph: ir.Graph, onnx_names: list[str]):
     """A call's (args, kwargs) -> the graph's inputs: by position, or by ONNX input name."""
     return flatten_by_name(onnx_names, "the model")
+
+
+def _declared_dim(dim: onnx.TensorShapeProto.Dimension) -> int | str:
+    """A declared input dimension: its size, or its symbolic name ("?" when unnamed). Exporters
+    such as paddle2onnx write -1 as the value of a dynamic dimension: that is dynamic too."""
+    if dim.HasField("dim_value") and dim.dim_value >= 0:
+        return dim.dim_value
+    return dim.dim_param or "?"

@@ -122,6 +122,17 @@ def test_dynamic_dims_are_fixed_by_input_shapes_or_example_inputs():
     np.testing.assert_allclose(compiled(x), expected_linear(model, x), rtol=1e-6)
 
 
+def test_a_dimension_declared_as_minus_one_is_dynamic():
+    """paddle2onnx (the PP-OCR models) declares dynamic dimensions with dim_value -1."""
+    model = linear_model()
+    for declared in (model.graph.input[0], model.graph.output[0]):
+        declared.type.tensor_type.shape.dim[0].dim_value = -1
+    x = np.ones((3, 8), np.float32)
+    assert import_onnx(model, example_inputs=[x]).graph.inputs[0].type.shape == (3, 8)
+    with pytest.raises(ShapeError, match=r"dynamic dimensions \(\[\?, 8\]\)"):
+        import_onnx(model)
+
+
 def test_constant_inputs_fix_a_shape_computed_from_an_input():
     model, feeds = M.node_model("Reshape", [M.In(np.arange(6, dtype=np.float32)), M.In(np.array([3, 2]))])
     with pytest.raises(ShapeError, match=r"computed at run time.*model input\(s\) \['in1'\].*constant_inputs"):
