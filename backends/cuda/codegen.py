@@ -23,9 +23,32 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from backends.cuda.schedule import launch_dims
+from backends.cuda.c_syntax import (
+    ATOM,
+    BITWISE,
+    CALLS,
+    CONDITIONAL,
+    EQUALITY,
+    EXACT_MATH,
+    GPU_INDICES,
+    IDENTIFIER,
+    INFIX,
+    LOGICAL,
+    LOW_PRECISION_ROUND,
+    MATH,
+    MULTIPLICATIVE,
+    REGISTER_TYPES,
+    RESERVED,
+    SHUFFLED_DTYPES,
+    SHUFFLES,
+    SMALL_INTEGERS,
+    STORAGE_TYPES,
+    UNARY,
+    UNROLL,
+)
 from ir.dtype import DType
 from ir.errors import KilnError
+from ir.loop.lockstep import launch_dims
 from ir.loop.nodes import (
     Assign,
     Barrier,
@@ -39,7 +62,6 @@ from ir.loop.nodes import (
     If,
     Kernel,
     Load,
-    LoopKind,
     Ref,
     Scope,
     Select,
@@ -56,72 +78,6 @@ class CudaCodegenError(KilnError):
     unknown intrinsic); the message names the kernel and the node."""
 
 
-STORAGE_TYPES: dict[DType, str] = {
-    DType.f64: "double", DType.f32: "float", DType.f16: "__half", DType.bf16: "__nv_bfloat16",
-    DType.i64: "int64_t", DType.i32: "int32_t", DType.i8: "int8_t", DType.u8: "uint8_t", DType.bool: "bool",
-}  # fmt: skip
-"""The C type of a buffer element: bf16 and f16 as their 16-bit CUDA types, bool one byte."""
-REGISTER_TYPES: dict[DType, str] = {**STORAGE_TYPES, DType.f16: "float", DType.bf16: "float"}
-"""The C type of a scalar of each dtype: f16 and bf16 compute in float, rounded per operation."""
-
-_LOW_PRECISION_ROUND = {DType.f16: "kiln_round_f16", DType.bf16: "kiln_round_bf16"}
-_SMALL_INTEGERS = frozenset({DType.i8, DType.u8})
-"""C promotes these to int before arithmetic: results are cast back so that they wrap."""
-
-# C operator precedence (higher binds tighter); every printed expression carries its own.
-_ATOM, _UNARY, _MULTIPLICATIVE, _ADDITIVE, _RELATIONAL, _EQUALITY = 16, 15, 13, 12, 10, 9
-_BITWISE_AND, _BITWISE_XOR, _BITWISE_OR, _LOGICAL_AND, _LOGICAL_OR, _CONDITIONAL = 8, 7, 6, 5, 4, 3
-
-_INFIX: dict[str, tuple[str, int]] = {
-    "add": ("+", _ADDITIVE), "sub": ("-", _ADDITIVE), "mul": ("*", _MULTIPLICATIVE), "div": ("/", _MULTIPLICATIVE),
-    "lt": ("<", _RELATIONAL), "le": ("<=", _RELATIONAL), "gt": (">", _RELATIONAL), "ge": (">=", _RELATIONAL),
-    "eq": ("==", _EQUALITY), "ne": ("!=", _EQUALITY),
-}  # fmt: skip
-_LOGICAL: dict[str, tuple[str, int]] = {
-    "and": ("&&", _LOGICAL_AND),
-    "or": ("||", _LOGICAL_OR),
-    "xor": ("!=", _EQUALITY),
-}
-"""Logical ops on bool; on integers they are bitwise (`_BITWISE`)."""
-_BITWISE: dict[str, tuple[str, int]] = {
-    "and": ("&", _BITWISE_AND),
-    "or": ("|", _BITWISE_OR),
-    "xor": ("^", _BITWISE_XOR),
-}
-
-_SAME_NAMED = ("exp", "log", "sqrt", "tanh", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh",
-               "acosh", "atanh", "floor", "ceil")  # fmt: skip
-_MATH = {name: name for name in _SAME_NAMED} | {"round": "rint", "abs": "fabs"}
-"""Float functions by their double name (`rint` rounds half to even); float adds an `f`."""
-_EXACT_MATH = frozenset({"floor", "ceil", "round", "abs"})
-"""Results representable in the argument's format: no rounding to f16/bf16 after them."""
-_CALLS = {"fma": "fma"}
-"""Target intrinsics (`Call` names) and the C function each becomes."""
-
-_GPU_INDICES = {
-    LoopKind.BLOCK_X: "blockIdx.x", LoopKind.BLOCK_Y: "blockIdx.y", LoopKind.BLOCK_Z: "blockIdx.z",
-    LoopKind.THREAD_X: "threadIdx.x", LoopKind.THREAD_Y: "threadIdx.y", LoopKind.THREAD_Z: "threadIdx.z",
-}  # fmt: skip
-_UNROLL = {
-    LoopKind.SERIAL: "#pragma unroll 1",
-    LoopKind.VECTORIZED: "#pragma unroll 1",
-    LoopKind.UNROLLED: "#pragma unroll",
-}
-"""Loops the schedule runs on one thread. It decides what is unrolled: left to itself, NVVM
-unrolls the naive nests of whole kernels on one thread for seconds of compile time."""
-
-_RESERVED = frozenset((
-    "auto", "bool", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum",
-    "extern", "float", "for", "goto", "if", "inline", "int", "long", "register", "restrict", "return", "short",
-    "signed", "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void", "volatile",
-    "while", "class", "delete", "new", "operator", "private", "protected", "public", "template", "this", "throw",
-    "try", "namespace", "using", "true", "false", "blockIdx", "threadIdx", "blockDim", "gridDim", "warpSize",
-    "half"
-))  # fmt: skip
-"""C and C++ keywords and CUDA's built-in names: no variable or buffer may take them."""
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def emit_kernel(kernel: Kernel) -> str:
     """CUDA C for one scheduled kernel: the comment, the prelude's include, the kernel."""
     return KernelPrinter(kernel).source()
@@ -133,7 +89,7 @@ class KernelPrinter:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.names: dict[Buffer | Var, str] = {}
-        self.taken: set[str] = set(_RESERVED) | {kernel.name}
+        self.taken: set[str] = set(RESERVED) | {kernel.name}
         for buffer in (*kernel.params, *kernel.locals):
             self.name(buffer)
         self.lines: list[str] = []
@@ -147,7 +103,7 @@ class KernelPrinter:
         identity, so two may share a name) and clear of C keywords and CUDA's built-ins."""
         if thing in self.names:
             return self.names[thing]
-        base = thing.name if _IDENTIFIER.fullmatch(thing.name) else re.sub(r"\W", "_", f"v_{thing.name}")
+        base = thing.name if IDENTIFIER.fullmatch(thing.name) else re.sub(r"\W", "_", f"v_{thing.name}")
         chosen, suffix = base, 1
         while chosen in self.taken or chosen.startswith("kiln_"):
             suffix += 1
@@ -268,17 +224,17 @@ def _print_for(p: KernelPrinter, loop: For) -> None:
     var_type = REGISTER_TYPES[loop.var.dtype]
     if loop.var.dtype not in (DType.i64, DType.i32):
         raise p.fail(f"loop variable {loop.var.name} is {loop.var.dtype}; loops count in i64 or i32")
-    if kind in _GPU_INDICES:  # the launch runs the iterations: one per block or thread
+    if kind in GPU_INDICES:  # the launch runs the iterations: one per block or thread
         p.line(f"{{  // {kind.value}: {name} in 0..{loop.extent}")
         p.depth += 1
-        p.line(f"const {var_type} {name} = {_GPU_INDICES[kind]};")
+        p.line(f"const {var_type} {name} = {GPU_INDICES[kind]};")
         p.body(loop.body)
         p.depth -= 1
         p.line("}")
         return
-    if kind not in _UNROLL:
+    if kind not in UNROLL:
         raise p.fail(f"loop {loop.var.name} is {kind.value}; schedule the kernel for the GPU first (gpu_schedule)")
-    p.line(_UNROLL[kind])
+    p.line(UNROLL[kind])
     p.line(f"for ({var_type} {name} = 0; {name} < {loop.extent}; ++{name}) {{")
     p.nested(loop.body)
     p.line("}")
@@ -314,27 +270,27 @@ Printed = tuple[str, int]
 def format_constant(value: int | float | bool, dtype: DType) -> Printed:
     """A constant of `dtype` in its register type, rounded to `dtype` as numpy rounds it."""
     if dtype == DType.bool:
-        return ("true" if value else "false"), _ATOM
+        return ("true" if value else "false"), ATOM
     if dtype.is_float:
         number = float(np.asarray(dtype.numpy.type(value)).astype(np.float64))
         double = dtype == DType.f64
         if math.isfinite(number):
             text = repr(number) + ("" if double else "f")
-            return text, _UNARY if text.startswith("-") else _ATOM
+            return text, UNARY if text.startswith("-") else ATOM
         if double:
             bits = int(np.float64(number).view(np.uint64))
-            return f"__longlong_as_double({bits:#x}ULL)", _ATOM
-        return f"__uint_as_float({int(np.float32(number).view(np.uint32)):#x}u)", _ATOM
+            return f"__longlong_as_double({bits:#x}ULL)", ATOM
+        return f"__uint_as_float({int(np.float32(number).view(np.uint32)):#x}u)", ATOM
     number = int(dtype.numpy.type(value))
     match dtype:
         case DType.i64 if not -(2**31) <= number < 2**31:
             text = "(-9223372036854775807LL - 1)" if number == -(2**63) else f"{number}LL"
-            return text, _ATOM if text.startswith("(") else (_UNARY if number < 0 else _ATOM)
+            return text, ATOM if text.startswith("(") else (UNARY if number < 0 else ATOM)
         case DType.i32 if number == -(2**31):
-            return "(-2147483647 - 1)", _ATOM
+            return "(-2147483647 - 1)", ATOM
         case DType.i8 | DType.u8:
-            return f"({STORAGE_TYPES[dtype]}){number}", _UNARY
-    return str(number), _UNARY if number < 0 else _ATOM
+            return f"({STORAGE_TYPES[dtype]}){number}", UNARY
+    return str(number), UNARY if number < 0 else ATOM
 
 
 def _print_const(p: KernelPrinter, expr: Const) -> Printed:
@@ -342,21 +298,21 @@ def _print_const(p: KernelPrinter, expr: Const) -> Printed:
 
 
 def _print_ref(p: KernelPrinter, expr: Ref) -> Printed:
-    return p.name(expr.var), _ATOM
+    return p.name(expr.var), ATOM
 
 
 def _print_load(p: KernelPrinter, expr: Load) -> Printed:
     element = f"{p.name(expr.buffer)}[{p.expr(expr.index)}]"
-    if expr.buffer.dtype in _LOW_PRECISION_ROUND:  # widened exactly to its float register
-        return f"kiln_load({element})", _ATOM
-    return element, _ATOM
+    if expr.buffer.dtype in LOW_PRECISION_ROUND:  # widened exactly to its float register
+        return f"kiln_load({element})", ATOM
+    return element, ATOM
 
 
 def _round(dtype: DType, text: str) -> Printed:
     """`text`, a float result, rounded to `dtype` when that is f16 or bf16."""
-    if dtype in _LOW_PRECISION_ROUND:
-        return f"{_LOW_PRECISION_ROUND[dtype]}({text})", _ATOM
-    return text, _ATOM
+    if dtype in LOW_PRECISION_ROUND:
+        return f"{LOW_PRECISION_ROUND[dtype]}({text})", ATOM
+    return text, ATOM
 
 
 def _math_name(name: str, dtype: DType) -> str:
@@ -366,25 +322,25 @@ def _math_name(name: str, dtype: DType) -> str:
 def _print_unary(p: KernelPrinter, expr: Unary) -> Printed:
     op, x, dtype = expr.op, expr.x, expr.dtype
     if op == "not" and dtype == DType.bool:
-        return f"!{p.expr(x, _UNARY)}", _UNARY
+        return f"!{p.expr(x, UNARY)}", UNARY
     if dtype.is_float:
         if op == "neg":  # exact in every format
-            return f"-{p.expr(x, _UNARY)}", _UNARY
+            return f"-{p.expr(x, UNARY)}", UNARY
         if op == "erf":  # in f64 then rounded, as the interpreter (Python's math.erf) and the CPU do
             wide = p.expr(Cast(x, DType.f64)) if dtype != DType.f64 else p.expr(x)
-            return _cast_text((f"erf({wide})", _ATOM), DType.f64, dtype)
-        if op in _MATH:
-            call = f"{_math_name(_MATH[op], dtype)}({p.expr(x)})"
-            return (call, _ATOM) if op in _EXACT_MATH else _round(dtype, call)
+            return _cast_text((f"erf({wide})", ATOM), DType.f64, dtype)
+        if op in MATH:
+            call = f"{_math_name(MATH[op], dtype)}({p.expr(x)})"
+            return (call, ATOM) if op in EXACT_MATH else _round(dtype, call)
     elif dtype.is_integer:
         register = REGISTER_TYPES[dtype]
         match op:
             case "neg":
-                return f"kiln_negate<{register}>({p.expr(x)})", _ATOM
+                return f"kiln_negate<{register}>({p.expr(x)})", ATOM
             case "abs":
-                return (f"kiln_abs<{register}>({p.expr(x)})", _ATOM) if dtype.is_signed else (p.expr(x), _ATOM)
+                return (f"kiln_abs<{register}>({p.expr(x)})", ATOM) if dtype.is_signed else (p.expr(x), ATOM)
             case "floor" | "ceil" | "round":  # integers are whole already
-                return p.expr(x, _ATOM), _ATOM
+                return p.expr(x, ATOM), ATOM
     raise p.fail(f"{op} is not defined on {dtype}")
 
 
@@ -393,30 +349,30 @@ def _print_binary(p: KernelPrinter, expr: Binary) -> Printed:
     register = REGISTER_TYPES[dtype]
     match op:
         case "max" | "min":
-            return f"kiln_{op}<{register}>({p.expr(a)}, {p.expr(b)})", _ATOM
+            return f"kiln_{op}<{register}>({p.expr(a)}, {p.expr(b)})", ATOM
         case "and" | "or" | "xor" if dtype == DType.bool:
-            return _infix(p, *_LOGICAL[op], a, b)
+            return _infix(p, *LOGICAL[op], a, b)
         case "and" | "or" | "xor" if dtype.is_integer:
-            return _wrap(dtype, _infix(p, *_BITWISE[op], a, b))
+            return _wrap(dtype, _infix(p, *BITWISE[op], a, b))
         case "lt" | "le" | "gt" | "ge" | "eq" | "ne":  # ordered on NaN, `ne` unordered: as C
-            return _infix(p, *_INFIX[op], a, b)
+            return _infix(p, *INFIX[op], a, b)
         case "mod" if dtype.is_float:  # fmod is exact: no rounding after it
-            return f"{_math_name('fmod', dtype)}({p.expr(a)}, {p.expr(b)})", _ATOM
+            return f"{_math_name('fmod', dtype)}({p.expr(a)}, {p.expr(b)})", ATOM
         case "pow" if dtype.is_float:
             return _round(dtype, f"{_math_name('pow', dtype)}({p.expr(a)}, {p.expr(b)})")
         case "add" | "sub" | "mul" | "div" if dtype.is_float:
-            text, precedence = _infix(p, *_INFIX[op], a, b)
-            return _round(dtype, text) if dtype in _LOW_PRECISION_ROUND else (text, precedence)
+            text, precedence = _infix(p, *INFIX[op], a, b)
+            return _round(dtype, text) if dtype in LOW_PRECISION_ROUND else (text, precedence)
         case "div" | "mod" if dtype.is_integer and isinstance(b, Const) and int(b.value) not in (0, -1):
             symbol = "/" if op == "div" else "%"  # C's own operator is defined for such divisors
-            return _wrap(dtype, _infix(p, symbol, _MULTIPLICATIVE, a, b))
+            return _wrap(dtype, _infix(p, symbol, MULTIPLICATIVE, a, b))
         case "div" | "mod" | "pow" if dtype.is_integer:
             helper = {"div": "kiln_div", "mod": "kiln_mod", "pow": "kiln_ipow"}[op]
-            return f"{helper}<{register}>({p.expr(a)}, {p.expr(b)})", _ATOM
+            return f"{helper}<{register}>({p.expr(a)}, {p.expr(b)})", ATOM
         case "add" | "sub" | "mul" if dtype.is_integer:
             if dtype == DType.i64 and _constant_only(a) and _constant_only(b):
                 return _infix_i64(p, op, a, b)
-            return _wrap(dtype, _infix(p, *_INFIX[op], a, b))
+            return _wrap(dtype, _infix(p, *INFIX[op], a, b))
     raise p.fail(f"{op} is not defined on {dtype}")
 
 
@@ -428,14 +384,14 @@ def _infix(p: KernelPrinter, symbol: str, precedence: int, a: Expr, b: Expr) -> 
 def _infix_i64(p: KernelPrinter, op: str, a: Expr, b: Expr) -> Printed:
     """Integer arithmetic on constants only: the left operand is made an int64_t first, since
     two int literals would be multiplied (and overflow) in int."""
-    symbol, precedence = _INFIX[op]
-    return f"(int64_t){p.expr(a, _UNARY)} {symbol} {p.expr(b, precedence + 1)}", precedence
+    symbol, precedence = INFIX[op]
+    return f"(int64_t){p.expr(a, UNARY)} {symbol} {p.expr(b, precedence + 1)}", precedence
 
 
 def _wrap(dtype: DType, printed: Printed) -> Printed:
     """i8 and u8 arithmetic wraps: C computes it in int, so the result is cast back."""
-    if dtype in _SMALL_INTEGERS:
-        return f"({STORAGE_TYPES[dtype]})({printed[0]})", _UNARY
+    if dtype in SMALL_INTEGERS:
+        return f"({STORAGE_TYPES[dtype]})({printed[0]})", UNARY
     return printed
 
 
@@ -452,16 +408,16 @@ def _constant_only(expr: Expr) -> bool:
 
 def _print_select(p: KernelPrinter, expr: Select) -> Printed:
     # C evaluates only the chosen side: lowering guards out-of-bounds loads (padding) this way.
-    condition = p.expr(expr.condition, _CONDITIONAL + 1)
-    return f"{condition} ? {p.expr(expr.a, _CONDITIONAL)} : {p.expr(expr.b, _CONDITIONAL)}", _CONDITIONAL
+    condition = p.expr(expr.condition, CONDITIONAL + 1)
+    return f"{condition} ? {p.expr(expr.a, CONDITIONAL)} : {p.expr(expr.b, CONDITIONAL)}", CONDITIONAL
 
 
 def _print_cast(p: KernelPrinter, expr: Cast) -> Printed:
     source, target = expr.x.dtype, expr.dtype
     if source == target:
-        return p.expr(expr.x, _ATOM), _ATOM
+        return p.expr(expr.x, ATOM), ATOM
     if target == DType.bool:  # NaN != 0 is true, as in numpy
-        return f"{p.expr(expr.x, _EQUALITY + 1)} != 0", _EQUALITY
+        return f"{p.expr(expr.x, EQUALITY + 1)} != 0", EQUALITY
     x = p.expr(expr.x)
     return _cast_text((x, _precedence(p, expr.x)), source, target)
 
@@ -474,39 +430,44 @@ def _cast_text(x: Printed, source: DType, target: DType) -> Printed:
     """`x` (C text of a `source` register value, and its precedence) converted to `target` as
     `ir.loop.interpreter.cast_scalar` does."""
     text = x[0]
-    prefix = text if x[1] >= _UNARY else f"({text})"  # the operand of a C cast `(T)x`
+    prefix = text if x[1] >= UNARY else f"({text})"  # the operand of a C cast `(T)x`
     if source.is_float and target.is_float:
         return _float_to_float(text, prefix, x[1], source, target)
     if source.is_float and target.is_integer:  # truncation, saturating where C is undefined
-        return f"kiln_to_{target}({text})", _ATOM
-    if target in _LOW_PRECISION_ROUND:  # integers and bools: to float, then rounded (as the CPU does)
+        return f"kiln_to_{target}({text})", ATOM
+    if target in LOW_PRECISION_ROUND:  # integers and bools: to float, then rounded (as the CPU does)
         return _round(target, f"(float){prefix}")
-    return f"({REGISTER_TYPES[target]}){prefix}", _UNARY  # integers wrap; bool is 0 or 1
+    return f"({REGISTER_TYPES[target]}){prefix}", UNARY  # integers wrap; bool is 0 or 1
 
 
 def _float_to_float(text: str, prefix: str, precedence: int, source: DType, target: DType) -> Printed:
     match target, source:
         case DType.bf16, DType.f64:  # via f32, as ml_dtypes converts: rounded twice
-            return f"kiln_round_bf16((float){prefix})", _ATOM
+            return f"kiln_round_bf16((float){prefix})", ATOM
         case DType.bf16, _:
-            return f"kiln_round_bf16({text})", _ATOM
+            return f"kiln_round_bf16({text})", ATOM
         case DType.f16, DType.f64:
-            return f"kiln_f64_to_f16({text})", _ATOM
+            return f"kiln_f64_to_f16({text})", ATOM
         case DType.f16, DType.bf16:
-            return f"kiln_bf16_to_f16({text})", _ATOM
+            return f"kiln_bf16_to_f16({text})", ATOM
         case DType.f16, _:
-            return f"kiln_round_f16({text})", _ATOM
+            return f"kiln_round_f16({text})", ATOM
         case DType.f32, DType.f16 | DType.bf16:  # the register already holds it exactly
             return text, precedence
-    return f"({REGISTER_TYPES[target]}){prefix}", _UNARY
+    return f"({REGISTER_TYPES[target]}){prefix}", UNARY
 
 
 def _print_call(p: KernelPrinter, expr: Call) -> Printed:
     name, args, dtype = expr.name, expr.args, expr.dtype
-    if name not in _CALLS or not dtype.is_float or any(a.dtype != dtype for a in args):
-        raise p.fail(f"no CUDA intrinsic {name}<{dtype}> (known: {', '.join(sorted(_CALLS))} on floats)")
+    if name in SHUFFLES:  # exact: a register moves between lanes
+        value, operand = args
+        if dtype not in SHUFFLED_DTYPES or value.dtype != dtype or operand.dtype != DType.i32:
+            raise p.fail(f"{name} carries f64/f32/f16/bf16/i64/i32 with an i32 lane operand, not {dtype}")
+        return f"{SHUFFLES[name]}({p.expr(value)}, {p.expr(operand)})", ATOM
+    if name not in CALLS or not dtype.is_float or any(a.dtype != dtype for a in args):
+        raise p.fail(f"no CUDA intrinsic {name}<{dtype}> (known: {', '.join(sorted(CALLS))} on floats)")
     # One rounding to f16/bf16, after the fused operation.
-    return _round(dtype, f"{_math_name(_CALLS[name], dtype)}({', '.join(p.expr(a) for a in args)})")
+    return _round(dtype, f"{_math_name(CALLS[name], dtype)}({', '.join(p.expr(a) for a in args)})")
 
 
 _EXPRESSIONS: dict[type, Callable[[KernelPrinter, Expr], Printed]] = {

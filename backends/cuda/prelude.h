@@ -131,4 +131,20 @@ KILN_DEVICE int8_t kiln_to_i8(double x) { return (int8_t)max(-128, min(127, __do
 KILN_DEVICE uint8_t kiln_to_u8(float x) { return (uint8_t)min(255u, __float2uint_rz(x)); }
 KILN_DEVICE uint8_t kiln_to_u8(double x) { return (uint8_t)min(255u, __double2uint_rz(x)); }
 
+// -- warp shuffles -----------------------------------------------------------------------------
+
+// The kernel IR's `shfl_xor`, `shfl_down` and `shfl_idx` (ir/loop/nodes.py): a value moves between
+// the 32 lanes of a warp, all of which take part (the full mask); a lane whose source would be
+// past lane 31 keeps its own value. T is float, double, int32_t or int64_t (f16/bf16 registers
+// are floats), which __shfl_*_sync carry exactly.
+template <typename T> KILN_DEVICE T kiln_shfl_xor(T value, int32_t mask) {
+  return __shfl_xor_sync(0xFFFFFFFFu, value, mask);
+}
+template <typename T> KILN_DEVICE T kiln_shfl_down(T value, int32_t delta) {
+  return __shfl_down_sync(0xFFFFFFFFu, value, (unsigned)delta);
+}
+template <typename T> KILN_DEVICE T kiln_shfl_idx(T value, int32_t lane) {
+  return __shfl_sync(0xFFFFFFFFu, value, lane);
+}
+
 #undef KILN_DEVICE

@@ -20,23 +20,67 @@ warp shuffles, tensor-core GEMM, ...) replace these per group kind. Parallel loo
 run serially on their thread, so they become SERIAL here. LOCAL buffers stay per-thread arrays,
 which is what they are on the CPU (private to one worker, reused across its iterations).
 
-Launch dimensions are derived from the kernel IR itself (`launch_dims`): the grid along an axis
-is the extent of its BLOCK loop, the block the extent of its THREAD loop; the printer reads them
-for `__launch_bounds__`, the runtime for the launch.
+Launch dimensions are derived from the kernel IR itself (`launch_dims`, defined beside the
+lockstep interpreter that runs such kernels): the grid along an axis is the extent of its BLOCK
+loop, the block the extent of its THREAD loop; the printer reads them for `__launch_bounds__`,
+the runtime for the launch.
+
+`schedule_group` is the entry point for a `fused` node: a GPU template
+(`backends.cuda.templates_gpu`: row reductions with warp shuffles, pointwise) where one fits the
+group, this generic schedule of the CPU lowering otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from ir.loop.nodes import Assign, Const, For, If, Kernel, LoopKind, Ref, Stmt, Var
+from backends.cuda.templates_gpu import MAX_BLOCKS, gpu_template
+from backends.lowering.group import lower_group
+from ir import Node, print_graph
+from ir.loop.lockstep import Dim3, launch_dims
+from ir.loop.nodes import WARP_SIZE, Assign, Const, For, If, Kernel, LoopKind, Ref, Scope, Stmt, Var
 
-Dim3 = tuple[int, int, int]
-
-_BLOCK_KINDS = (LoopKind.BLOCK_X, LoopKind.BLOCK_Y, LoopKind.BLOCK_Z)
-_THREAD_KINDS = (LoopKind.THREAD_X, LoopKind.THREAD_Y, LoopKind.THREAD_Z)
-WARP = 32
+WARP = WARP_SIZE
 """Threads per warp: block sizes are rounded up to whole warps."""
+
+__all__ = ["GpuKernel", "gpu_schedule", "launch_dims", "schedule_group"]
+
+
+@dataclass(frozen=True)
+class GpuKernel:
+    """A `fused` node's kernel, scheduled for the GPU, with its launch."""
+
+    kernel: Kernel
+    grid: Dim3
+    block: Dim3
+    template: str
+    """What scheduled it: a GPU template ("rows.softmax", "pointwise", ...), or "spread" (one
+    iteration of a parallel loop per thread) or "single-thread" (`gpu_schedule`'s fallbacks)."""
+
+    @property
+    def shared_bytes(self) -> int:
+        """Static shared memory per block."""
+        return sum(b.size * b.dtype.itemsize for b in self.kernel.locals if b.scope is Scope.SHARED)
+
+
+def schedule_group(
+    node: Node, name: str, threads_per_block: int = 256, threads_per_row: int | None = None,
+    max_blocks: int = MAX_BLOCKS,
+) -> GpuKernel:  # fmt: skip
+    """The GPU kernel of the `fused` node `node`: by the GPU template that fits its group, else
+    by `gpu_schedule` of its CPU lowering. `threads_per_row` forces the row templates' width (a
+    power of two; above 32, a block per row) and `max_blocks` the pointwise grid (tests use both
+    to reach the block reduction and the grid stride on small shapes)."""
+    source = print_graph(node.attrs["body"], max_constant_elements=4)
+    templated = gpu_template(node, name, source, threads_per_block, threads_per_row, max_blocks)
+    if templated is not None:
+        kernel, template = templated
+        grid, block = launch_dims(kernel)
+    else:
+        kernel, (grid, block) = gpu_schedule(lower_group(node, name), threads_per_block)
+        template = "single-thread" if block == (1, 1, 1) else "spread"
+    return GpuKernel(kernel, grid, block, template)
 
 
 def gpu_schedule(kernel: Kernel, threads_per_block: int = 256) -> tuple[Kernel, tuple[Dim3, Dim3]]:
@@ -78,28 +122,3 @@ def _serialize_stmt(stmt: Stmt) -> Stmt:
         case If(condition, then, otherwise):
             return If(condition, _serialize(then), _serialize(otherwise))
     return stmt
-
-
-def launch_dims(kernel: Kernel) -> tuple[Dim3, Dim3]:
-    """`(grid, block)` of a scheduled kernel: per axis, the largest extent of a loop bound to it
-    (1 where none is); a kernel without GPU loops is one thread of one block."""
-    grid, block = [1, 1, 1], [1, 1, 1]
-    for loop in _loops(kernel.body):
-        if loop.kind in _BLOCK_KINDS:
-            axis = _BLOCK_KINDS.index(loop.kind)
-            grid[axis] = max(grid[axis], loop.extent)
-        elif loop.kind in _THREAD_KINDS:
-            axis = _THREAD_KINDS.index(loop.kind)
-            block[axis] = max(block[axis], loop.extent)
-    return (grid[0], grid[1], grid[2]), (block[0], block[1], block[2])
-
-
-def _loops(body: Sequence[Stmt]) -> Iterator[For]:
-    for stmt in body:
-        match stmt:
-            case For(_, _, loop_body, _):
-                yield stmt
-                yield from _loops(loop_body)
-            case If(_, then, otherwise):
-                yield from _loops(then)
-                yield from _loops(otherwise)

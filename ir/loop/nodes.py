@@ -234,9 +234,24 @@ class Cast(Expr):
     dtype: DType
 
 
+WARP_SIZE = 32
+"""Threads per warp: lane = (linear thread index in the block) % 32."""
+WARP_SHUFFLES = frozenset({"shfl_xor", "shfl_down", "shfl_idx"})
+"""`Call`s that exchange a value among the 32 lanes of a warp (see `Call`)."""
+
+
 @dataclass(frozen=True)
 class Call(Expr):
-    """A target intrinsic (vector FMA, warp shuffle, MMA); backends map names to their own."""
+    """A target intrinsic; backends map names to their own. The names:
+
+    - `fma(a, b, c)`: a * b + c rounded once (floats);
+    - `shfl_xor(value, mask)`: lane l receives `value` from lane l ^ mask of its warp (its own
+      value where that lane would be past 31);
+    - `shfl_down(value, delta)`: lane l receives `value` from lane l + delta (its own past 31);
+    - `shfl_idx(value, lane)`: every lane receives `value` from lane `lane` % 32.
+    The shuffles' second operand is i32 and the result has `value`'s dtype; every lane of a warp
+    must execute a shuffle together (none may be masked off by an `If`), and the block holds
+    whole warps."""
 
     name: str
     args: tuple[Expr, ...]
