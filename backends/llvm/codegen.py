@@ -8,8 +8,10 @@ kernel-IR node becomes the llvmlite builder calls that compute exactly what
 Every kernel becomes `void NAME(void **args, int64_t worker, int64_t workers)` (the runtime's
 ABI): `args[p]` is the base address of `kernel.params[p]`. A body that is exactly one parallel
 loop is split into contiguous ranges, worker `w` running `[w*n//workers, (w+1)*n//workers)`;
-any other body runs on worker 0 while the others return at once. Vectorized loops carry
-`llvm.loop.vectorize.enable` and unrolled loops `llvm.loop.unroll.full` for LLVM's loop passes;
+any other body runs on worker 0 while the others return at once. Vectorized loops become
+explicit vector code (`backends.llvm.vectorize`); one that module cannot vectorize safely stays
+a scalar loop carrying `llvm.loop.vectorize.enable` (and a comment saying why), and unrolled
+loops carry `llvm.loop.unroll.full`, for LLVM's loop passes;
 nested parallel loops run serially. Locals (`Assign` targets) are allocas that mem2reg turns
 into registers; local buffers live on the stack up to `STACK_LIMIT` bytes and on the heap above.
 """
@@ -17,7 +19,7 @@ into registers; local buffers live on the stack up to `STACK_LIMIT` bytes and on
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from llvmlite import ir
 
@@ -39,6 +41,7 @@ from backends.llvm.intrinsics import (
     round_to_bf16,
     widen,
 )
+from backends.llvm.vectorize import emit_loop as emit_vectorized
 from ir.dtype import DType
 from ir.errors import KilnError
 from ir.loop.nodes import (
@@ -158,8 +161,11 @@ class _KernelEmitter:
         self.function.attributes.add("nounwind")
         for argument, argument_name in zip(self.function.args, ("args", "worker", "workers")):
             argument.name = argument_name
+        # The entry block holds the allocas only (mem2reg and the frame want them there); the code
+        # starts in `start`, so inserting an alloca never moves the main builder's position.
         self.entry = self.function.append_basic_block("entry")
-        self.builder = ir.IRBuilder(self.entry)
+        self.start = self.function.append_basic_block("start")
+        self.builder = ir.IRBuilder(self.start)
         self.pointers: dict[Buffer, ir.Value] = {}
         self.indices: dict[Var, ir.Value] = {}  # loop variables: SSA values
         self.slots: dict[Var, ir.Value] = {}  # assigned variables: allocas
@@ -201,6 +207,7 @@ class _KernelEmitter:
         self._move_last(done)
         builder.position_at_end(done)
         builder.ret_void()
+        ir.IRBuilder(self.entry).branch(self.start)
 
     def _move_last(self, block: ir.Block) -> None:
         """Blocks print in list order: an exit made before its loop's body reads best after it."""
@@ -237,6 +244,11 @@ class _KernelEmitter:
             case For(var, extent, _, kind):
                 if kind.is_gpu:
                     raise self.fail(f"loop {var.name} is bound to {kind.value}; GPU schedules need the CUDA backend")
+                if kind is LoopKind.VECTORIZED:
+                    reason = emit_vectorized(self, stmt)
+                    if reason is None:
+                        return
+                    self.builder.comment(f"loop {var.name} stays scalar for LLVM's vectorizer: {reason}")
                 zero = ir.Constant(I64, 0)
                 self._loop(stmt, zero, ir.Constant(I64, extent))
             case If(condition, then, otherwise):
@@ -262,9 +274,12 @@ class _KernelEmitter:
             with otherwise_block:
                 self._emit_body(otherwise)
 
-    def _loop(self, loop: For, start: ir.Value, end: ir.Value) -> None:
-        """`for var in start..end` in LLVM's canonical shape (preheader, header with the index
-        phi, body, one latch carrying the loop's metadata, exit), which the loop passes expect."""
+    def _loop(
+        self, loop: For, start: ir.Value, end: ir.Value, step: int = 1, emit_body: Callable | None = None
+    ) -> None:
+        """`for var in start..end by step` in LLVM's canonical shape (preheader, header with the
+        index phi, body, one latch carrying the loop's metadata, exit), which the loop passes
+        expect. `emit_body` (the vector emitter's, in vectorized loops) emits `loop.body`."""
         builder, kind = self.builder, REGISTER_TYPES[loop.var.dtype]
         if loop.var.dtype not in (DType.i64, DType.i32):
             raise self.fail(f"loop variable {loop.var.name} is {loop.var.dtype}; loops count in i64 or i32")
@@ -281,8 +296,8 @@ class _KernelEmitter:
         builder.position_at_end(body)
         outer = self.indices.get(loop.var)  # a nested loop may reuse its parent's variable
         self.indices[loop.var] = index
-        self._emit_body(loop.body)
-        following = builder.add(index, ir.Constant(kind, 1), name=f"{loop.var.name}.next", flags=["nuw", "nsw"])
+        (emit_body or self._emit_body)(loop.body)
+        following = builder.add(index, ir.Constant(kind, step), name=f"{loop.var.name}.next", flags=["nuw", "nsw"])
         latch = builder.branch(header)
         if loop.kind in _LOOP_PROPERTIES:
             latch.set_metadata("llvm.loop", _LoopID(self.module, [
@@ -382,7 +397,9 @@ class _KernelEmitter:
     def _emit_call(self, name: str, args: Sequence[Expr], dtype: DType) -> ir.Value:
         if name not in _CALLS or not dtype.is_float or any(a.dtype != dtype for a in args):
             raise self.fail(f"no LLVM intrinsic {name}<{dtype}> (known: {', '.join(sorted(_CALLS))} on floats)")
-        values = [self._emit_expr(a) for a in args]
+        return self._call(name, [self._emit_expr(a) for a in args], dtype)
+
+    def _call(self, name: str, values: Sequence[ir.Value], dtype: DType) -> ir.Value:
         if dtype == DType.bf16:  # one rounding, after the fused operation
             return round_to_bf16(self.builder, call_intrinsic(self.builder, _CALLS[name], *values))
         return call_intrinsic(self.builder, _CALLS[name], *values)

@@ -36,7 +36,7 @@ def compute_dtype(dtype: DType) -> DType:
     return DType.f32 if dtype in (DType.f16, DType.bf16) else dtype
 
 
-class _Mismatch(Exception):
+class EpilogueMismatch(Exception):
     """An epilogue read its producer at another position: it cannot be applied at the store."""
 
 
@@ -68,13 +68,31 @@ class GroupLowering:
     def var(self, stem: str, dtype: DType = DType.i64) -> Var:
         return Var(self.names.fresh(stem), dtype)
 
-    def loops(self, shape: Sequence[int], body, kind: LoopKind = LoopKind.SERIAL) -> list[Stmt]:
+    def loops(
+        self, shape: Sequence[int], body, kind: LoopKind = LoopKind.SERIAL, vectorize: bool = False
+    ) -> list[Stmt]:
         """A loop nest over `shape`; `body(index)` gives the innermost statements. The outermost
-        loop gets `kind` (scalars: the body runs once)."""
+        loop gets `kind` (scalars: the body runs once). With `vectorize` (nests that compute one
+        element per iteration), the innermost loop of a nest of two or more loops is VECTORIZED
+        when it runs at least `_MIN_VECTOR` times; a single loop whose extent is a multiple of a
+        `_VECTOR_CHUNKS` size is split into an outer loop (of `kind`, so the nest can still be
+        the one parallel loop of the ABI) over a vectorized inner chunk; other single loops stay
+        whole for LLVM's own vectorizer."""
+        if vectorize and len(shape) == 1:
+            chunk = next((c for c in _VECTOR_CHUNKS if shape[0] % c == 0 and shape[0] >= 2 * c), None)
+            if chunk is not None:
+                outer, inner = self.var("i"), self.var("v")
+                element = Ref(outer) * const(chunk, DType.i64) + Ref(inner)
+                nest = For(inner, chunk, tuple(body([element])), LoopKind.VECTORIZED)
+                return [For(outer, shape[0] // chunk, (nest,), kind)]
         index_vars = [self.var("i") for _ in shape]
         statements = body([Ref(v) for v in index_vars])
+        innermost = len(shape) - 1
         for depth, (var, extent) in reversed(list(enumerate(zip(index_vars, shape)))):
-            statements = [For(var, extent, tuple(statements), kind if depth == 0 else LoopKind.SERIAL)]
+            loop_kind = kind if depth == 0 else LoopKind.SERIAL
+            if vectorize and depth == innermost > 0 and extent >= _MIN_VECTOR:
+                loop_kind = LoopKind.VECTORIZED
+            statements = [For(var, extent, tuple(statements), loop_kind)]
         return statements
 
     def output_buffer(self, value: Value) -> Buffer:
@@ -98,7 +116,7 @@ class GroupLowering:
         if value in self.overrides:
             at, expr = self.overrides[value]
             if flat_index(index, value.type.shape) != at:
-                raise _Mismatch
+                raise EpilogueMismatch
             return expr
         if value in self.buffers:
             return Load(self.buffers[value], flat_index(index, value.type.shape))
@@ -180,14 +198,15 @@ class GroupLowering:
 
         self.epilogues: dict[Value, Value] = {}
         for node in self.body.nodes:
-            if node.op == "const" or (_inlinable(node) and not self._shared(node)):
+            if node.op == "const" or (inlinable(node) and not self._shared(node)):
                 continue
-            if _inlinable(node):  # read more than once: compute it once
+            if inlinable(node):  # read more than once: compute it once
                 for value in node.outputs:
                     buffer = self.output_buffer(value)
                     self.statements += self.loops(
                         value.type.shape, lambda index, n=node, v=value, b=buffer: [
-                            Store(b, flat_index(index, v.type.shape), self._inline(n, v, tuple(index)))]
+                            Store(b, flat_index(index, v.type.shape), self._inline(n, v, tuple(index)))],
+                        vectorize=True,
                     )  # fmt: skip
                 continue
             template = TEMPLATES.get(node.op)
@@ -208,6 +227,7 @@ class GroupLowering:
             self.statements += self.loops(
                 value.type.shape,
                 lambda index, v=value, b=buffer: [Store(b, flat_index(index, v.type.shape), self.element(v, index))],
+                vectorize=True,
             )
         statements = self.statements
         if len(statements) == 1 and isinstance(statements[0], For):  # one loop nest: spread it over threads
@@ -235,7 +255,7 @@ class GroupLowering:
             if len(readers) != 1 or self.uses.get(current, 0) != 1:
                 return None
             reader = readers[0]
-            if not _inlinable(reader) or len(reader.outputs) != 1 or reader.outputs[0].type.numel != value.type.numel:
+            if not inlinable(reader) or len(reader.outputs) != 1 or reader.outputs[0].type.numel != value.type.numel:
                 return None
             current = reader.outputs[0]
         if current is value or self.body.outputs.count(current) != 1 or self.uses.get(current, 0) > 1:
@@ -247,14 +267,20 @@ class GroupLowering:
         at = probe if current.type.shape == value.type.shape else unflatten(offset, current.type.shape)
         try:
             self.element(current, at)
-        except (_Mismatch, LoweringError):
+        except (EpilogueMismatch, LoweringError):
             return None
         finally:
             del self.overrides[value]
         return current
 
 
-def _inlinable(node: Node) -> bool:
+_MIN_VECTOR = 4
+"""Innermost loops shorter than this stay serial: too few lanes to pay for vector code."""
+_VECTOR_CHUNKS = (64, 16)
+"""Chunks a single loop is split into: four or one AVX-512 vectors of f32."""
+
+
+def inlinable(node: Node) -> bool:
     return node.op in SCALAR or node.op in INDEXING or node.op in ("split", "arange")
 
 
