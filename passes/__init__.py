@@ -9,6 +9,7 @@ from passes import (  # noqa: F401  (imported to register the passes)
     cse,
     fold_constants,
     fuse,
+    layout,
     lower_precision,
     prune_dead_nodes,
 )

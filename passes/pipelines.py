@@ -6,8 +6,9 @@ as a list of named steps and `irdump -O2` prints what it runs.
   merge duplicates, then drop what no output needs.
 - O2: the same with every simplification, including the ones that round differently
   (batch-norm folded into conv/gemm, x + 0.0 -> x); then lower precision when asked (the only
-  step that changes values on purpose); then fuse nodes into kernels (last, so it groups the
-  final graph).
+  step that changes values on purpose); for the CPU, store constant GEMM weights the way its
+  micro-kernel reads them (`layout`); then fuse nodes into kernels (last, so it groups the final
+  graph).
 """
 
 from __future__ import annotations
@@ -36,5 +37,7 @@ def default_pipeline(target: str = "reference", opt_level: int = 2, precision: s
     if opt_level >= 2:
         if _PRECISION[precision]:
             steps += [_PRECISION[precision], "cse", "prune_dead_nodes"]  # lowering leaves cast pairs to merge
+        if target == "cpu":
+            steps.append("layout")  # after lowering precision, so a weight's cast follows it
         steps.append("fuse")
     return parse_pipeline(",".join(steps))

@@ -1,8 +1,9 @@
 """Loop nests for the ops a group must compute into a buffer: reductions, softmax, norms and
 contractions. Correct first: plain loop nests with scalar accumulators, in the order of
 operations of the op's numpy reference; the CPU speed issue replaces them with tiled ones.
-`TEMPLATES` is the one table of them: it takes in the windowed ops of `templates_nn` (conv,
-conv_transpose, pools) and the scans of `templates_scan` (cumsum, scatter).
+`TEMPLATES` is the one table of them: it takes in the GEMM micro-kernel of `templates_gemm`
+(matmul, gemm), the windowed ops of `templates_nn` (conv, conv_transpose, pools) and the scans
+of `templates_scan` (cumsum, scatter).
 
 `TEMPLATES[op](lowering, node)` returns statements that compute the node's outputs, reading
 operands with `lowering.compute(value, index)` and writing with `lowering.store(value, index,
@@ -18,7 +19,7 @@ import numpy as np
 
 from backends.lowering.expr import const, i64, unflatten
 from backends.lowering.group import GroupLowering, compute_dtype
-from backends.lowering.indexing import broadcast_index
+from backends.lowering.templates_gemm import TEMPLATES_GEMM
 from backends.lowering.templates_nn import TEMPLATES_NN
 from backends.lowering.templates_scan import TEMPLATES_SCAN
 from ir import DType, Node
@@ -245,66 +246,6 @@ def _group_norm(lowering: GroupLowering, node: Node) -> list[Stmt]:
                         lambda s, r: [s[0], channel(s, r), *r[1:]], lambda s, r: [channel(s, r)])  # fmt: skip
 
 
-# -- contractions --------------------------------------------------------------------------------
-
-
-def _matmul(lowering: GroupLowering, node: Node) -> list[Stmt]:
-    a, b = node.inputs
-    (y,) = node.outputs
-    dtype = compute_dtype(y.type.dtype)
-    a_shape = a.type.shape if a.type.rank > 1 else (1, *a.type.shape)
-    b_shape = b.type.shape if b.type.rank > 1 else (*b.type.shape, 1)
-    batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
-    rows, depth, columns = a_shape[-2], a_shape[-1], b_shape[-1]
-
-    def body(index: list[Expr]) -> list[Stmt]:
-        *batch_index, row, column = index
-        acc, start = lowering.accumulate("acc", dtype, const(0, dtype))
-        k = lowering.var("k")
-
-        def operand(value, shape, pair):
-            full = [*broadcast_index(batch_index, shape[:-2]), *pair]
-            return lowering.compute(
-                value, full if value.type.rank > 1 else full[-1:] if shape[-2] == 1 else full[-2:-1]
-            )
-
-        product = operand(a, a_shape, [row, Ref(k)]) * operand(b, b_shape, [Ref(k), column])
-        out = list(batch_index) + ([row] if a.type.rank > 1 else []) + ([column] if b.type.rank > 1 else [])
-        return [start, For(k, depth, (Assign(acc, Ref(acc) + product),)), *lowering.store(y, out, Ref(acc))]
-
-    return lowering.loops([*batch, rows, columns], body)
-
-
-def _gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
-    a, b, *bias = node.inputs
-    (y,) = node.outputs
-    attrs = node.attrs
-    dtype = compute_dtype(y.type.dtype)
-    depth = a.type.shape[0] if attrs["trans_a"] else a.type.shape[-1]
-    # An integer gemm scaled by a float is a float one in the reference (numpy promotes the
-    # int product to f64), truncated back to the integer type as the result is stored.
-    scaled = attrs["alpha"] != 1.0 or (bias and attrs["beta"] != 1.0)
-    scale_dtype = DType.f64 if scaled and not dtype.is_float else dtype
-
-    def body(index: list[Expr]) -> list[Stmt]:
-        *rows, column = index
-        acc, start = lowering.accumulate("acc", dtype, const(0, dtype))
-        k = lowering.var("k")
-        a_index = [Ref(k), rows[0]] if attrs["trans_a"] else [*rows, Ref(k)]
-        b_index = [column, Ref(k)] if attrs["trans_b"] else [Ref(k), column]
-        product = lowering.compute(a, a_index) * lowering.compute(b, b_index)
-        result: Expr = Ref(acc).cast(scale_dtype)
-        if attrs["alpha"] != 1.0:
-            result = const(attrs["alpha"], scale_dtype) * result
-        if bias:
-            (c,) = bias
-            term = lowering.compute(c, broadcast_index(index, c.type.shape)).cast(scale_dtype)
-            result = result + (term if attrs["beta"] == 1.0 else const(attrs["beta"], scale_dtype) * term)
-        return [start, For(k, depth, (Assign(acc, Ref(acc) + product),)), *lowering.store(y, index, result)]
-
-    return lowering.loops(y.type.shape, body)
-
-
 TEMPLATES: dict[str, Callable[[GroupLowering, Node], list[Stmt]]] = {
     **{op: _reduction for op in ("sum", "mean", "prod", "max", "min")},
     "argmax": _arg_reduction,
@@ -313,10 +254,9 @@ TEMPLATES: dict[str, Callable[[GroupLowering, Node], list[Stmt]]] = {
     "log_softmax": _softmax,
     "layer_norm": _trailing_norm,
     "rms_norm": _trailing_norm,
-    "matmul": _matmul,
-    "gemm": _gemm,
     "group_norm": _group_norm,
     "global_avg_pool": _global_avg_pool,
+    **TEMPLATES_GEMM,
     **TEMPLATES_NN,
     **TEMPLATES_SCAN,
 }

@@ -41,7 +41,8 @@ def test_gemm_bias_gelu_residual_is_one_loop_nest():
     assert len(kernel.body) == 1 and isinstance(kernel.body[0], For)
     assert kernel.body[0].kind is LoopKind.PARALLEL
     assert text.count("parallel for") == 1 and "erf(" in text
-    assert kernel.locals == ()  # the gemm's result never reaches memory
+    # The gemm's result never reaches memory: no local holds it (the micro-kernel's own tiles may).
+    assert all(local.shape != (4, 6) for local in kernel.locals)
     _check(graph, [_random(4, 8), _random(4, 6)])
 
 
@@ -57,7 +58,7 @@ def test_an_epilogue_through_a_reshape_is_still_one_loop_nest():
     _, kernels = lower_graph(graph)
     (kernel,) = kernels
     assert len(kernel.body) == 1 and kernel.body[0].kind is LoopKind.PARALLEL
-    assert kernel.locals == ()
+    assert all(local.shape not in ((6, 5), (2, 3, 5)) for local in kernel.locals)
     _check(graph, [_random(6, 8), _random(2, 3, 5)])
 
 
@@ -70,7 +71,8 @@ def test_a_transpose_after_a_gemm_is_not_an_epilogue():
 
     _, kernels = lower_graph(graph)
     (kernel,) = kernels
-    assert len(kernel.locals) == 1  # the gemm's result is materialized, then read transposed
+    # The gemm's result is materialized, then read transposed.
+    assert [local.shape for local in kernel.locals].count((4, 6)) == 1
     _check(graph, [_random(4, 8)])
 
 

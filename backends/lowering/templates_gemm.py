@@ -1,0 +1,389 @@
+"""The contraction templates (`matmul`, `gemm`) as a register-blocked GEMM micro-kernel, with the
+tile sizes chosen per problem by `choose_tiles` (the cost model; an autotuner replaces it through
+`tile_chooser`).
+
+Every matmul and gemm is one `Contraction`: out[batch, i, j] = sum_k A(batch, i, k) * B(batch, k, j),
+with operands read through `lowering.compute` (so transposes, broadcasts, casts and rank-1
+operands are index arithmetic) and each result written by `lowering.store`, which applies the
+group's epilogue (bias, activation, residual) while the value is still in a register.
+
+The loop nest (the CPU ABI wants the top level to be one loop, which the group makes parallel):
+
+    for t in 0 .. batch * col_panels * row_tiles:        # row tiles innermost: a B panel stays in cache
+        b, jp, it = unflatten(t); i0 = it * MR; j0 = jp * NR
+        tile[0 .. MR*NR] = 0                               # a local MR x NR buffer: registers after LLVM
+        for k in 0 .. K:
+            a_r = A[i0 + r, k]                             (r = 0 .. MR-1, unrolled; a broadcast)
+            vectorized for jj in 0 .. NR:                  # B: one contiguous row of NR per k step
+                tile[r, jj] = fma(a_r, B[k, j0 + jj], tile[r, jj])
+        vectorized for jj: out[i0 + r, j0 + jj] = epilogue(tile[r, jj])
+
+With MR = 6 and NR = 64 f32 lanes on AVX-512, LLVM's loop vectorizer makes each column loop 4 zmm
+FMAs and, the tile's addresses being fixed across the k loop, keeps all 24 accumulators in
+registers (measured: ~100 GFLOP/s on one Zen 4 core at 256-512, beside torch's ~85). The other
+form the schedule knows (`GemmTiles.accumulators = "registers"`: MR scalar accumulators per
+column lane, k innermost) is the one an explicit vector code generator wants; the cost model
+picks. Edge tiles (M % MR rows, N % NR columns) get their own micro-kernels of the remaining
+size behind an `If` on the tile index, so full tiles carry no guards; a column edge is a
+vectorized part (a multiple of 16 lanes) and a serial rest. Integer contractions accumulate
+with mul + add (there is no integer fma).
+
+Numerics: floats accumulate with one rounding per step (fma) in the compute dtype (f32 for
+f16/bf16), in the order k = 0, 1, ...; the interpreter's numpy matmul sums in another order, so
+results agree within a tolerance that grows with K.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from backends.lowering.expr import const, i64, unflatten
+from backends.lowering.group import GroupLowering, compute_dtype
+from backends.lowering.indexing import broadcast_index
+from ir import DType, Node
+from ir.loop import Assign, Binary, Call, Expr, For, If, Load, LoopKind, Ref, Stmt, Store
+
+VECTOR_LANES_MULTIPLE = 16
+"""A vectorized loop's extent is a multiple of this (the LLVM backend's vector contract for f32)."""
+MAX_VECTOR_LANES = 64
+"""... and at most this many lanes."""
+
+
+# -- the problem and its tiles -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """What the cost model sees of a contraction."""
+
+    batch: int
+    m: int
+    n: int
+    k: int
+    dtype: DType
+    """The accumulation dtype."""
+
+
+@dataclass(frozen=True)
+class GemmTiles:
+    """The schedule's parameters: an MR x NR block of output per micro-kernel call."""
+
+    mr: int = 6
+    """Rows per tile: accumulator vectors per lane group (and A broadcasts per k step)."""
+    nr: int = 64
+    """Columns per tile: the vectorized loop's lanes (a multiple of 16, at most 64, for vector code)."""
+    block_tiles: int = 1
+    """Row tiles per iteration of the parallel loop (one after another, sharing a B panel)."""
+    pack_b: bool = False
+    """Copy the iteration's K x NR panel of B into a contiguous local buffer first: rows of B
+    `N` apart alias in the caches (N a power of two) and a transposed B is read across its rows;
+    the copy costs K x NR per `block_tiles` x MR x K x NR multiply-adds."""
+    accumulators: str = "tile"
+    """Where the MR x NR sums live: "tile", a local buffer that the column loops (innermost)
+    update, which LLVM's loop vectorizer turns into vectors and LICM into registers (fast today);
+    or "registers", MR scalar variables per column lane with the k loop innermost, which needs
+    the backend's explicit vector code (`backends.llvm.vectorize`) to become vectors."""
+
+    def __post_init__(self) -> None:
+        if self.mr < 1 or self.nr < 1 or self.block_tiles < 1 or self.accumulators not in ("tile", "registers"):
+            raise ValueError(f"tiles must be positive and accumulators 'tile' or 'registers', got {self}")
+
+
+@functools.cache
+def host_vector_bits() -> int:
+    """The widest float vector of the host CPU (512 with AVX-512, 256 with AVX2, else 128)."""
+    from runtime.cpu import host_target
+
+    features = set(host_target()["features"].split(","))
+    if "+avx512f" in features:
+        return 512
+    return 256 if "+avx2" in features or "+avx" in features else 128
+
+
+def choose_tiles(shape: GemmShape, vector_bits: int | None = None) -> GemmTiles:
+    """The cost model: MR rows x NR lanes of accumulators, filling about 24 of 32 vector registers
+    (AVX-512: 6 x 4 zmm) and leaving room for the B vectors and the A broadcast; NR shrinks for
+    narrow outputs so that no tile is mostly edge. With enough rows to share it, B's panel is
+    packed once per block of 16 row tiles (96 rows: the copy is ~1% of the work). Measured on
+    one Zen 4 core (benchmarks/gemm_cpu.py): packing takes 2048^3 from 0.68x torch to ~1.05x and
+    is neutral at 512-1024."""
+    bits = vector_bits or host_vector_bits()
+    lanes = max(bits // (8 * max(shape.dtype.itemsize, 4)), 1)  # f16/bf16 accumulate in f32
+    vectors = 4 if bits >= 512 else 2  # vectors per row of a tile
+    nr = min(lanes * vectors, MAX_VECTOR_LANES)
+    nr = max(VECTOR_LANES_MULTIPLE, nr - nr % VECTOR_LANES_MULTIPLE)
+    while nr > VECTOR_LANES_MULTIPLE and shape.n < nr:
+        nr //= 2
+    mr = max(min(6, shape.m), 1)
+    pack = shape.m >= 8 * mr
+    return GemmTiles(mr=mr, nr=nr, block_tiles=16 if pack else 1, pack_b=pack)
+
+
+tile_chooser: Callable[[GemmShape], GemmTiles] = choose_tiles
+"""The seam for an autotuner: the function the templates ask for tiles (see `override_tiles`)."""
+
+
+@contextlib.contextmanager
+def override_tiles(chooser: Callable[[GemmShape], GemmTiles]) -> Iterator[None]:
+    """Lower with `chooser` picking the tiles (tests force tiny tiles so that shapes small enough
+    for the kernel interpreter still have edges; an autotuner tries candidates)."""
+    global tile_chooser
+    previous, tile_chooser = tile_chooser, chooser
+    try:
+        yield
+    finally:
+        tile_chooser = previous
+
+
+# -- the contraction -----------------------------------------------------------------------------
+
+Operand = Callable[[Sequence[Expr], Expr, Expr], Expr]
+"""(batch index, row or depth position, depth or column position) -> an element, compute dtype."""
+Write = Callable[[Sequence[Expr], Expr, Expr, Expr], list[Stmt]]
+"""(batch index, row, column, accumulated value) -> the statements that store the result."""
+
+
+@dataclass(frozen=True)
+class Contraction:
+    shape: GemmShape
+    batch_shape: tuple[int, ...]
+    a: Operand
+    """A(batch, i, k)."""
+    b: Operand
+    """B(batch, k, j)."""
+    write: Write
+
+
+def _multiply_add(a: Expr, b: Expr, acc: Expr) -> Expr:
+    if acc.dtype.is_float:
+        return Call("fma", (a, b, acc), acc.dtype)
+    return acc + a * b
+
+
+BColumn = Callable[[Expr, Expr], Expr]
+"""(k, column within the panel) -> an element of B for the panel being computed."""
+
+
+def contraction_loops(lowering: GroupLowering, problem: Contraction) -> list[Stmt]:
+    """The tiled loop nest of `problem` (see the module doc): one loop over blocks of row tiles of
+    one column panel; each block packs its B panel first when the tiles say so."""
+    shape = problem.shape
+    if not shape.batch * shape.m * shape.n:
+        return []  # an empty result: nothing to write
+    tiles = tile_chooser(shape)
+    mr, nr = min(tiles.mr, shape.m), min(tiles.nr, shape.n)
+    row_tiles, col_panels = -(-shape.m // mr), -(-shape.n // nr)
+    m_edge, n_edge = shape.m % mr, shape.n % nr
+    per_block = min(tiles.block_tiles, row_tiles)
+    row_blocks = -(-row_tiles // per_block)
+    t = lowering.var("block")
+    ib = Ref(t) % row_blocks if row_blocks > 1 else i64(0)
+    jp = (Ref(t) // row_blocks) % col_panels if col_panels > 1 else i64(0)
+    batch_flat = Ref(t) // (row_blocks * col_panels)
+    batch_index = unflatten(batch_flat, problem.batch_shape) if problem.batch_shape else []
+    j0 = jp * nr if nr > 1 else jp
+    panel = lowering.scratch((shape.k * nr,), shape.dtype) if tiles.pack_b else None
+
+    def rows_of(it: Expr, cols: int, b_at: BColumn) -> list[Stmt]:
+        i0 = it * mr if mr > 1 else it
+
+        def block(rows: int) -> list[Stmt]:
+            return _micro_kernel(lowering, problem, batch_index, i0, j0, rows, cols, b_at, tiles.accumulators)
+
+        if not m_edge:
+            return block(mr)
+        if row_tiles == 1:
+            return block(m_edge)
+        return [If(it.lt(i64(row_tiles - 1)), tuple(block(mr)), tuple(block(m_edge)))]
+
+    def panel_of(cols: int) -> list[Stmt]:
+        """The block of row tiles for a panel `cols` wide: B packed (or read in place), then each tile."""
+        statements: list[Stmt] = []
+        if panel is None:
+            b_at: BColumn = lambda k, jj: problem.b(batch_index, k, j0 + jj)
+        else:
+            k, jj = lowering.var("k"), lowering.var("jj")
+            element = problem.b(batch_index, Ref(k), j0 + Ref(jj))
+            kind = LoopKind.VECTORIZED if cols % VECTOR_LANES_MULTIPLE == 0 else LoopKind.SERIAL
+            statements.append(
+                For(k, shape.k, (For(jj, cols, (Store(panel, Ref(k) * cols + Ref(jj), element),), kind),))
+            )
+            b_at = lambda k, jj: Load(panel, k * cols + jj)
+        if per_block == 1:
+            return [*statements, *rows_of(ib, cols, b_at)]
+        q = lowering.var("q")
+        it = ib * per_block + Ref(q) if row_blocks > 1 else Ref(q)
+        body = rows_of(it, cols, b_at)
+        if row_tiles % per_block:  # the last block has fewer tiles
+            body = [If(it.lt(i64(row_tiles)), tuple(body))]
+        return [*statements, For(q, per_block, tuple(body))]
+
+    if not n_edge:
+        body = panel_of(nr)
+    elif col_panels == 1:
+        body = panel_of(n_edge)
+    else:
+        body = [If(jp.lt(i64(col_panels - 1)), tuple(panel_of(nr)), tuple(panel_of(n_edge)))]
+    return [For(t, shape.batch * row_blocks * col_panels, tuple(body))]
+
+
+def _micro_kernel(lowering: GroupLowering, problem: Contraction, batch_index: Sequence[Expr], i0: Expr, j0: Expr,
+                  rows: int, cols: int, b_at: BColumn, accumulators: str) -> list[Stmt]:  # fmt: skip
+    """The rows x cols block at (i0, j0): vectorized over columns in multiples of 16 lanes, the
+    rest serial."""
+    columns = _ACCUMULATORS[accumulators]
+    vector = cols - cols % VECTOR_LANES_MULTIPLE if cols >= VECTOR_LANES_MULTIPLE else 0
+    statements = []
+    for start, width, kind in ((0, vector, LoopKind.VECTORIZED), (vector, cols - vector, LoopKind.SERIAL)):
+        if width:
+            statements += columns(lowering, problem, batch_index, i0, j0, start, rows, width, b_at, kind)
+    return statements
+
+
+def _tile_columns(lowering: GroupLowering, problem: Contraction, batch_index: Sequence[Expr], i0: Expr, j0: Expr,
+                  start: int, rows: int, cols: int, b_at: BColumn, kind: LoopKind) -> list[Stmt]:  # fmt: skip
+    """rows x cols accumulators in `tile` (row r at r * cols), for the columns start .. start + cols
+    of the panel at j0: zeroed, then per k one A element per row (`a_r`, a broadcast) times a row
+    of B, then written back through the epilogue. The column loops are innermost, so LLVM
+    vectorizes them and, the tile's addresses being fixed for the whole k loop, keeps the tile in
+    registers."""
+    dtype = problem.shape.dtype
+    # A buffer of its own: LLVM keeps a tile in registers only when no other block shares it.
+    tile = lowering.scratch((rows * cols,), dtype)
+    k = lowering.var("k")
+
+    def each_column(body: Callable[[Expr, Expr], list[Stmt]]) -> Stmt:
+        jj = lowering.var("jj")
+        within = Ref(jj) + start if start else Ref(jj)
+        return For(jj, cols, tuple(body(Ref(jj), within)), kind)
+
+    def at(r: int, jj: Expr) -> Expr:
+        return jj + r * cols if r else jj
+
+    rows_at = [i0 + r if r else i0 for r in range(rows)]
+    z = lowering.var("z")  # one loop over the whole tile: LLVM then keeps the tile in registers, not 6
+    zero = [For(z, rows * cols, (Store(tile, Ref(z), const(0, dtype)),))]
+    step: list[Stmt] = []
+    for r in range(rows):
+        a = lowering.var(f"a{r}_", dtype)
+        step.append(Assign(a, problem.a(batch_index, rows_at[r], Ref(k))))
+        step.append(each_column(lambda jj, within, r=r, a=a: [
+            Store(tile, at(r, jj), _multiply_add(Ref(a), b_at(Ref(k), within), Load(tile, at(r, jj))))
+        ]))  # fmt: skip
+    write = [
+        each_column(lambda jj, within, r=r: problem.write(batch_index, rows_at[r], j0 + within, Load(tile, at(r, jj))))
+        for r in range(rows)
+    ]
+    return [*zero, For(k, problem.shape.k, tuple(step)), *write]
+
+
+def _register_columns(lowering: GroupLowering, problem: Contraction, batch_index: Sequence[Expr], i0: Expr,
+                      j0: Expr, start: int, rows: int, cols: int, b_at: BColumn,
+                      kind: LoopKind) -> list[Stmt]:  # fmt: skip
+    """rows accumulators per column lane (`acc_r`, one variable each), the k loop inside the lane
+    loop: with explicit vector code, a lane loop of 64 is 4 vectors per accumulator."""
+    dtype = problem.shape.dtype
+    jj, k = lowering.var("jj"), lowering.var("k")
+    within = Ref(jj) + start if start else Ref(jj)
+    rows_at = [i0 + r if r else i0 for r in range(rows)]
+    accumulators = [lowering.var(f"acc{r}_", dtype) for r in range(rows)]
+    b = b_at(Ref(k), within)
+    step = tuple(
+        Assign(acc, _multiply_add(problem.a(batch_index, rows_at[r], Ref(k)), b, Ref(acc)))
+        for r, acc in enumerate(accumulators)
+    )
+    body: list[Stmt] = [Assign(acc, const(0, dtype)) for acc in accumulators]
+    body.append(For(k, problem.shape.k, step))
+    for r, acc in enumerate(accumulators):
+        body += problem.write(batch_index, rows_at[r], j0 + within, Ref(acc))
+    return [For(jj, cols, tuple(body), kind)]
+
+
+_ACCUMULATORS = {"tile": _tile_columns, "registers": _register_columns}
+
+
+# -- matmul and gemm as contractions -------------------------------------------------------------
+
+
+def _matmul(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    """numpy's matmul: batch dims broadcast; a rank-1 A is a row, a rank-1 B a column, and their
+    unit dimension is dropped from the result."""
+    a, b = node.inputs
+    (y,) = node.outputs
+    dtype = compute_dtype(y.type.dtype)
+    a_shape = a.type.shape if a.type.rank > 1 else (1, *a.type.shape)
+    b_shape = b.type.shape if b.type.rank > 1 else (*b.type.shape, 1)
+    batch = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+
+    def operand(value, shape) -> Operand:
+        def at(batch_index: Sequence[Expr], p: Expr, q: Expr) -> Expr:
+            full = [*broadcast_index(batch_index, shape[:-2]), p, q]
+            if value.type.rank == 1:  # the vector's one axis is the contracted one
+                full = full[-1:] if shape[-2] == 1 else full[-2:-1]
+            return lowering.compute(value, full)
+
+        return at
+
+    def write(batch_index: Sequence[Expr], i: Expr, j: Expr, acc: Expr) -> list[Stmt]:
+        out = [*batch_index, *([i] if a.type.rank > 1 else []), *([j] if b.type.rank > 1 else [])]
+        return lowering.store(y, out, acc)
+
+    shape = GemmShape(math.prod(batch), a_shape[-2], b_shape[-1], a_shape[-1], dtype)
+    return contraction_loops(lowering, Contraction(shape, batch, operand(a, a_shape), operand(b, b_shape), write))
+
+
+def _gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    """ONNX Gemm (and torch's linear): alpha * op(A) @ op(B) + beta * C, C broadcast to the
+    result. Without trans_a, A may be [*leading, K]: its leading axes are the rows, flattened."""
+    a, b, *bias = node.inputs
+    (y,) = node.outputs
+    attrs = node.attrs
+    dtype = compute_dtype(y.type.dtype)
+    depth = a.type.shape[0] if attrs["trans_a"] else a.type.shape[-1]
+    rows = a.type.shape[1] if attrs["trans_a"] else math.prod(a.type.shape[:-1])
+    columns = y.type.shape[-1]
+    # An integer gemm scaled by a float is a float one in the reference (numpy promotes the
+    # int product to f64), truncated back to the integer type as the result is stored.
+    scaled = attrs["alpha"] != 1.0 or (bias and attrs["beta"] != 1.0)
+    scale_dtype = DType.f64 if scaled and not dtype.is_float else dtype
+
+    def a_at(_: Sequence[Expr], i: Expr, k: Expr) -> Expr:
+        if attrs["trans_a"]:
+            return lowering.compute(a, [k, i])
+        return lowering.compute(a, _row_major(i, k, depth, a.type.shape))
+
+    def b_at(_: Sequence[Expr], k: Expr, j: Expr) -> Expr:
+        return lowering.compute(b, [j, k] if attrs["trans_b"] else [k, j])
+
+    def write(_: Sequence[Expr], i: Expr, j: Expr, acc: Expr) -> list[Stmt]:
+        index = _row_major(i, j, columns, y.type.shape)
+        result = acc.cast(scale_dtype)
+        if attrs["alpha"] != 1.0:
+            result = Binary("mul", const(attrs["alpha"], scale_dtype), result)
+        if bias:
+            (c,) = bias
+            term = lowering.compute(c, broadcast_index(index, c.type.shape)).cast(scale_dtype)
+            result = result + (term if attrs["beta"] == 1.0 else const(attrs["beta"], scale_dtype) * term)
+        return lowering.store(y, index, result)
+
+    shape = GemmShape(1, rows, columns, depth, dtype)
+    return contraction_loops(lowering, Contraction(shape, (), a_at, b_at, write))
+
+
+def _row_major(row: Expr, column: Expr, width: int, shape: Sequence[int]) -> Sequence[Expr]:
+    """The index of (row, column) in a tensor of `shape` whose leading axes, flattened, are the
+    rows and whose last axis (of `width`) is the column."""
+    if len(shape) == 2:
+        return [row, column]
+    if len(shape) == 1:
+        return [column]
+    return unflatten(row * width + column, shape)
+
+
+TEMPLATES_GEMM: dict[str, Callable[[GroupLowering, Node], list[Stmt]]] = {"matmul": _matmul, "gemm": _gemm}

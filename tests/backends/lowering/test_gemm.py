@@ -1,0 +1,247 @@
+"""The GEMM micro-kernel template (`backends.lowering.templates_gemm`): matmul and gemm of many
+shapes, edges and dtypes through the kernel interpreter (tiny tiles, so that tiny shapes have
+edge tiles) and through the CPU target (the real tiles), against numpy in float64 with a bound
+that grows with K; the epilogue stays in the kernel; the assembly holds vector FMAs."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+import compiler
+import ir
+from backends.lowering import templates_gemm
+from backends.lowering.templates_gemm import GemmShape, GemmTiles, choose_tiles, override_tiles
+from ir import DType, GraphBuilder
+from ir.loop import Binary, Call, For, Kernel, LoopKind, run_kernel
+from tests.backends.lowering import lowered
+from tests.backends.lowering.lowered import lower_graph, run_lowered
+
+_RNG = np.random.default_rng(11)
+_EPS = {DType.f32: 2.0**-24, DType.f16: 2.0**-24, DType.bf16: 2.0**-24, DType.f64: 2.0**-53}
+"""Unit roundoff of the accumulation (f16/bf16 accumulate in f32)."""
+_STORAGE_ULP = {DType.f16: 2.0**-10, DType.bf16: 2.0**-7}
+
+
+# -- the interpreter has no fma yet: run its kernels with a * b + c (rounded twice) instead ------
+
+
+def _without_fma(node):
+    if isinstance(node, Call) and node.name == "fma":
+        a, b, c = (_without_fma(arg) for arg in node.args)
+        return Binary("add", Binary("mul", a, b), c)
+    if isinstance(node, tuple):
+        return tuple(_without_fma(item) for item in node)
+    if dataclasses.is_dataclass(node) and not isinstance(node, type) and type(node).__eq__ is not object.__eq__:
+        changes = {f.name: _without_fma(getattr(node, f.name)) for f in dataclasses.fields(node)}
+        return dataclasses.replace(node, **changes)
+    if isinstance(node, Kernel):
+        return dataclasses.replace(node, body=_without_fma(node.body))
+    return node
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_without_fma(monkeypatch):
+    """Until `ir.loop.interpreter` evaluates `fma`, the interpreted kernels use mul + add: the
+    indexing under test is the same, the rounding within the tolerance."""
+    monkeypatch.setattr(lowered, "run_kernel", lambda kernel, arrays: run_kernel(_without_fma(kernel), arrays))
+
+
+# -- references and tolerances --------------------------------------------------------------------
+
+
+def _random(shape, dtype: DType) -> np.ndarray:
+    if dtype.is_float:
+        return _RNG.uniform(-2, 2, shape).astype(dtype.numpy)
+    return _RNG.integers(-4, 5, shape).astype(dtype.numpy)
+
+
+def _assert_product_close(got: np.ndarray, graph: ir.Graph, inputs, depth: int, magnitudes=None) -> None:
+    """`got` within the rounding error of a K-term sum of the reference's terms: for floats
+    |got - exact| <= 2 K u (|A| |B| + |C| terms: `magnitudes`, by default the graph run on
+    |inputs|) + an ulp of the storage type; integers exactly."""
+    dtype = graph.outputs[0].type.dtype
+    (expected,) = ir.run(graph, inputs, oracle=True)  # every op in float64
+    assert got.shape == expected.shape and got.dtype == dtype.numpy
+    if not dtype.is_float:
+        (exact,) = ir.run(graph, inputs)
+        np.testing.assert_array_equal(got, exact)
+        return
+    if magnitudes is None:
+        magnitudes = ir.run(graph, [np.abs(a) for a in inputs], oracle=True)[0]  # abs is exact
+    bound = 2 * (depth + 2) * _EPS[dtype] * np.abs(magnitudes) + _STORAGE_ULP.get(dtype, 0) * np.abs(expected)
+    error = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    worst = np.unravel_index(np.argmax(error - bound), error.shape)
+    assert (error <= bound + 1e-30).all(), f"at {worst}: {got[worst]} vs {expected[worst]} (bound {bound[worst]:.3g})"
+
+
+def _matmul_graph(a_shape, b_shape, dtype: DType = DType.f32) -> ir.Graph:
+    builder = GraphBuilder("mm")
+    a, b = builder.input("a", a_shape, dtype), builder.input("b", b_shape, dtype)
+    return builder.build(builder.matmul(a, b))
+
+
+def _gemm_graph(m, n, k, dtype=DType.f32, *, trans_a=False, trans_b=False, bias=None, alpha=1.0, beta=1.0):
+    builder = GraphBuilder("gemm")
+    a = builder.input("a", (k, m) if trans_a else (m, k), dtype)
+    b = builder.input("b", (n, k) if trans_b else (k, n), dtype)
+    extra = [builder.input("c", bias, dtype)] if bias is not None else []
+    y = builder.gemm(a, b, *extra, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta)
+    return builder.build(y)
+
+
+def _inputs(graph: ir.Graph) -> list[np.ndarray]:
+    return [_random(v.type.shape, v.type.dtype) for v in graph.inputs]
+
+
+def _depth(graph: ir.Graph) -> int:
+    node = next(n for n in graph.nodes if n.op in ("matmul", "gemm"))
+    a = node.inputs[0].type.shape
+    return a[0] if node.op == "gemm" and node.attrs["trans_a"] else a[-1]
+
+
+# -- the cost model ------------------------------------------------------------------------------
+
+
+def test_tiles_fill_the_vector_registers_of_the_host_width():
+    big = GemmShape(1, 1024, 1024, 1024, DType.f32)
+    assert choose_tiles(big, 512) == GemmTiles(6, 64, block_tiles=16, pack_b=True)  # 6 x 4 zmm accumulators
+    assert choose_tiles(big, 256) == GemmTiles(6, 16, block_tiles=16, pack_b=True)  # 6 x 2 ymm
+    narrow = choose_tiles(GemmShape(1, 3, 20, 7, DType.f32), 512)
+    assert (narrow.mr, narrow.nr, narrow.pack_b) == (3, 16, False)  # no tile mostly edge; too few rows to pack for
+    with pytest.raises(ValueError):
+        GemmTiles(0, 16)
+
+
+# -- through the kernel interpreter (tiny tiles: edges in tiny shapes) ------------------------------
+
+TINY = GemmTiles(mr=2, nr=16)
+SCHEDULES = {
+    "tile": TINY,
+    "registers": dataclasses.replace(TINY, accumulators="registers"),
+    "packed": dataclasses.replace(TINY, pack_b=True, block_tiles=2),  # 3 row tiles: a short last block
+    "packed_registers": GemmTiles(mr=2, nr=16, block_tiles=3, pack_b=True, accumulators="registers"),
+}
+
+MATMULS = [
+    ((1, 1), (1, 1)),
+    ((3, 2), (2, 17)),  # an edge row, a vector part of 16 and a serial column
+    ((5, 3), (3, 33)),  # primes: edges both ways, two full panels
+    ((2, 1, 3, 2), (3, 2, 16)),  # batch broadcast
+    ((3,), (3, 18)),  # a vector times a matrix
+    ((2, 4, 3), (3,)),  # a batch of matrices times a vector
+]
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("a_shape, b_shape", MATMULS)
+def test_matmul_in_the_interpreter(a_shape, b_shape, schedule):
+    graph = _matmul_graph(a_shape, b_shape)
+    inputs = _inputs(graph)
+    with override_tiles(lambda shape: SCHEDULES[schedule]):
+        (got,) = run_lowered(graph, inputs)
+    _assert_product_close(got, graph, inputs, _depth(graph))
+
+
+@pytest.mark.parametrize("schedule", ["tile", "packed"])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_flags_scales_and_bias_in_the_interpreter(trans_a, trans_b, schedule):
+    graph = _gemm_graph(5, 17, 2, trans_a=trans_a, trans_b=trans_b, bias=(17,), alpha=0.5, beta=2.0)
+    inputs = _inputs(graph)
+    with override_tiles(lambda shape: SCHEDULES[schedule]):
+        (got,) = run_lowered(graph, inputs)
+    _assert_product_close(got, graph, inputs, 2)
+
+
+@pytest.mark.parametrize("dtype", [DType.f16, DType.bf16, DType.i32])
+def test_low_precision_and_integers_in_the_interpreter(dtype):
+    graph = _gemm_graph(3, 17, 3, dtype, bias=(3, 1))
+    inputs = _inputs(graph)
+    with override_tiles(lambda shape: TINY):
+        (got,) = run_lowered(graph, inputs)
+    _assert_product_close(got, graph, inputs, 3)
+
+
+def test_the_top_level_is_one_loop_over_tiles_with_vector_column_loops():
+    graph = _matmul_graph((5, 3), (3, 33))
+    with override_tiles(lambda shape: TINY):
+        _, (kernel,) = lower_graph(graph)
+    (loop,) = kernel.body
+    assert isinstance(loop, For) and loop.kind is LoopKind.PARALLEL and loop.extent == 3 * 3  # row tiles x panels
+    with override_tiles(lambda shape: SCHEDULES["packed"]):
+        _, (kernel,) = lower_graph(graph)
+    assert kernel.body[0].extent == 2 * 3  # blocks of two row tiles x panels
+    text = ir.loop.print_kernel(kernel)
+    assert "vectorized for" in text and "fma<f32>" in text
+
+
+# -- through the CPU target (the host's tiles) -----------------------------------------------------
+
+CPU_MATMULS = [
+    ((1, 1), (1, 1)),
+    ((7, 13), (13, 5)),
+    ((6, 64), (64, 64)),  # exactly one tile
+    ((13, 67), (67, 130)),  # edges: 1 row, 2 columns (and a 16-wide vector part)
+    ((65, 31), (31, 129)),  # B packed per block of row tiles
+    ((200, 20), (20, 70)),  # three blocks of 16 row tiles, the last one short
+    ((2, 1, 7, 9), (3, 9, 70)),  # batch broadcast
+    ((9,), (9, 40)),
+    ((3, 5, 9), (9,)),
+]
+
+
+@pytest.mark.parametrize("a_shape, b_shape", CPU_MATMULS)
+def test_matmul_on_the_cpu(a_shape, b_shape):
+    graph = _matmul_graph(a_shape, b_shape)
+    inputs = _inputs(graph)
+    got = compiler.compile(graph, target="cpu")(*inputs)  # one output: the array itself
+    _assert_product_close(got, graph, inputs, _depth(graph))
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("dtype", [DType.f32, DType.bf16, DType.f16, DType.i32])
+def test_gemm_on_the_cpu(trans_a, trans_b, dtype):
+    graph = _gemm_graph(19, 70, 33, dtype, trans_a=trans_a, trans_b=trans_b, bias=(70,), alpha=0.5, beta=2.0)
+    inputs = _inputs(graph)
+    got = compiler.compile(graph, target="cpu")(*inputs)  # one output: the array itself
+    _assert_product_close(got, graph, inputs, 33)
+
+
+def test_a_linear_with_a_constant_weight_is_relaid_and_matches():
+    builder = GraphBuilder("linear")
+    x = builder.input("x", (37, 200), DType.f32)
+    w = _random((96, 200), DType.f32)
+    graph = builder.build(builder.gemm(x, builder.constant(w, "w"), trans_b=True))
+    compiled = compiler.compile(graph, target="cpu")
+    assert "w_kn" in compiled.graph.constants  # the layout pass stored it [K, N]
+    inputs = _inputs(graph)
+    magnitudes = np.abs(inputs[0]).astype(np.float64) @ np.abs(w).astype(np.float64).T
+    _assert_product_close(compiled(*inputs), graph, inputs, 200, magnitudes)
+
+
+def test_gemm_bias_gelu_residual_is_one_kernel_on_the_cpu():
+    builder = GraphBuilder("linear_gelu_residual")
+    x, residual = builder.input("x", (21, 48)), builder.input("residual", (21, 80))
+    weight = builder.constant(_random((80, 48), DType.f32), "weight")
+    bias = builder.constant(_random((80,), DType.f32), "bias")
+    y = builder.add(builder.gelu(builder.add(builder.gemm(x, weight, trans_b=True), bias)), residual)
+    graph = builder.build(y)
+    compiled = compiler.compile(graph, target="cpu")
+    assert [n.op for n in compiled.graph.nodes if n.op != "const"] == ["fused"]
+    inputs = _inputs(graph)
+    (expected,) = ir.run(graph, inputs, oracle=True)
+    np.testing.assert_allclose(compiled(*inputs), expected, rtol=1e-5, atol=48 * 8 * 2.0**-24 * 4)
+
+
+@pytest.mark.skipif(templates_gemm.host_vector_bits() < 512, reason="the host has no AVX-512 (no zmm registers)")
+def test_the_gemm_kernel_uses_vector_fmas_on_zmm_registers():
+    from backends.llvm import compile_module, emit_module
+
+    graph = _matmul_graph((64, 64), (64, 128))
+    _, kernels = lower_graph(graph)
+    assembly = compile_module(emit_module(kernels, "gemm")).assembly
+    fmas = re.findall(r"vfmadd\d+ps\s+[^\n]*%zmm", assembly)
+    assert len(fmas) >= 24, f"{len(fmas)} zmm FMAs in:\n{assembly[:3000]}"
