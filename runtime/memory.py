@@ -82,3 +82,50 @@ def plan_arena(
     for i, offset in zip(chosen, offsets, strict=True):
         planned[i] = dataclasses.replace(buffers[i], offset=offset)
     return tuple(planned), arena
+
+
+def _region(buffers: Sequence[BufferSpec], i: int) -> tuple[int, int, int]:
+    """(space, start, end) of the bytes buffer i occupies: intermediates share the arena (space
+    -1), every other buffer is memory of its own (space i)."""
+    spec = buffers[i]
+    if spec.kind == "intermediate":
+        return (-1, spec.offset or 0, (spec.offset or 0) + spec.nbytes)
+    return (i, 0, spec.nbytes)
+
+
+def _overlaps(regions: Sequence[tuple[int, int, int]], others: Sequence[tuple[int, int, int]]) -> bool:
+    return any(a == b and start < other_end and other_start < end
+               for a, start, end in regions for b, other_start, other_end in others)  # fmt: skip
+
+
+def barriers_before(buffers: Sequence[BufferSpec], launches: Sequence[Launch]) -> list[bool]:
+    """For each launch, whether the workers must meet at a barrier before it.
+
+    A barrier is needed only where a launch could touch bytes that another worker touched since
+    the last barrier, one of the two writing them: a parallel launch runs on every worker, so it
+    conflicts with any earlier launch's accesses; a serial one runs on worker 0, so only with
+    the parallel launches' (worker 0's own serial launches ran before it, in order). Bytes, not
+    buffer indices, are compared, because the memory plan lets intermediates whose lives do not
+    overlap share the arena: the next launch may overwrite what another worker is still reading.
+    Inputs and constants are never written; a launch's `writes` (or, when unknown, every output
+    and intermediate it takes) are also counted as read. The run's start and end are barriers
+    of their own, so nothing crosses runs."""
+    needed: list[bool] = []
+    # Since the last barrier: (reads, writes) of parallel launches, and of serial ones.
+    parallel: tuple[list, list] = ([], [])
+    serial: tuple[list, list] = ([], [])
+    for launch in launches:
+        writes = launch.writes
+        if writes is None:
+            writes = tuple(i for i in launch.args if buffers[i].kind in ("output", "intermediate"))
+        reads = [_region(buffers, i) for i in launch.args if buffers[i].kind in ("output", "intermediate")]
+        written = [_region(buffers, i) for i in writes]
+        seen = [parallel] + ([serial] if launch.parallel else [])
+        conflict = any(_overlaps(written, r + w) or _overlaps(reads, w) for r, w in seen)
+        needed.append(conflict)
+        if conflict:
+            parallel, serial = ([], []), ([], [])
+        target = parallel if launch.parallel else serial
+        target[0].extend(reads)
+        target[1].extend(written)
+    return needed

@@ -3,7 +3,9 @@
 A program is what a backend hands the runtime: its buffers (inputs, outputs, constants and
 intermediates, the last packed into one arena by `runtime.memory`), an ordered list of
 launches (a kernel's name and the buffers it takes, in the kernel's parameter order) and the
-generated code, keyed per target (`{"llvm_ir", "triple", "cpu", "features"}` for the CPU).
+generated code, keyed per target (`{"llvm_ir", "triple", "cpu", "features"}` for the CPU;
+`{"cuda_source", "cubins", "resources", "nvrtc_version"}` for CUDA, whose launches also carry
+their grid and block).
 Nothing in it refers to the graph IR, so `save` and `load` need only numpy: a saved program
 runs in a process that never imports `ir`, `passes`, `backends` or `compiler`.
 """
@@ -15,12 +17,13 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from runtime.errors import ProgramError, ProgramFormatError
+from runtime.errors import InputMismatchError, ProgramError, ProgramFormatError
 
 BufferKind = Literal["input", "output", "constant", "intermediate"]
 BUFFER_KINDS: tuple[str, ...] = ("input", "output", "constant", "intermediate")
@@ -84,9 +87,42 @@ class Launch:
     kernel: str
     args: tuple[int, ...]
     parallel: bool = True
-    """False when the kernel's body is not one parallel loop: the executor then calls it once,
-    on worker 0 with one worker, instead of once per worker (which the ABI makes a no-op on all
-    workers but 0). A hint that saves wake-ups; True is always correct."""
+    """False when the kernel's body is not one parallel loop, or is too little work to be worth
+    spreading: the executor then calls it once, on worker 0 with one worker (the ABI runs the
+    whole body then). True when its loop may be split over every worker."""
+    writes: tuple[int, ...] | None = None
+    """The buffers (indices into `Program.buffers`, among `args`) the kernel writes; None when
+    not known, which counts every output and intermediate it takes as written. The executor
+    places barriers between launches by it (`runtime.memory.barriers_before`)."""
+    grid: tuple[int, int, int] | None = None
+    """GPU programs: blocks per grid (x, y, z); None for the CPU."""
+    block: tuple[int, int, int] | None = None
+    """GPU programs: threads per block (x, y, z); None for the CPU."""
+    shared_bytes: int = 0
+    """GPU programs: dynamic shared memory per block (static shared memory is in the cubin)."""
+
+    def header(self) -> dict[str, Any]:
+        """The launch in a saved program's JSON header; the GPU fields only where set, so a CPU
+        program's file is what it was before they existed."""
+        entry: dict[str, Any] = {"kernel": self.kernel, "args": list(self.args), "parallel": self.parallel}
+        if self.writes is not None:
+            entry["writes"] = list(self.writes)
+        if self.grid is not None:
+            entry.update(grid=list(self.grid), block=list(self.block or (1, 1, 1)), shared_bytes=self.shared_bytes)
+        return entry
+
+    @staticmethod
+    def from_header(entry: dict[str, Any]) -> Launch:
+        writes, grid, block = entry.get("writes"), entry.get("grid"), entry.get("block")
+        return Launch(
+            entry["kernel"],
+            tuple(entry["args"]),
+            entry["parallel"],
+            writes=None if writes is None else tuple(writes),
+            grid=None if grid is None else tuple(grid),
+            block=None if block is None else tuple(block),
+            shared_bytes=entry.get("shared_bytes", 0),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,7 +145,8 @@ class Program:
     arena_bytes: int
     code: dict[str, Any] = field(default_factory=dict)
     """The generated code per target; for the CPU: llvm_ir (text), triple, cpu, features (the
-    machine it was generated for: the executor recompiles the IR for the host it runs on)."""
+    machine it was generated for: the executor recompiles the IR for the host it runs on); for
+    CUDA: cuda_source, cubins (base64 per "sm_XX"), resources (ptxas -v per arch and kernel)."""
     target: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -153,6 +190,30 @@ class Program:
         for k, launch in enumerate(self.launches):
             if any(not 0 <= i < n for i in launch.args):
                 yield f"launch {k} ({launch.kernel}) takes buffer indices {launch.args}, out of range ({n} buffers)"
+            elif launch.writes is not None and not set(launch.writes) <= set(launch.args):
+                yield f"launch {k} ({launch.kernel}) writes buffers {launch.writes} that it does not take"
+            dims = (launch.grid, launch.block)
+            if self.target == "cuda" and any(d is None or len(d) != 3 or min(d) < 1 for d in dims):
+                yield f"launch {k} ({launch.kernel}) of a CUDA program needs a grid and a block of 3 positive sizes"
+
+    def checked_inputs(self, inputs: Sequence[Any]) -> list[np.ndarray]:
+        """`inputs` as C-contiguous numpy arrays of the declared shapes and dtypes (bf16 as
+        ml_dtypes.bfloat16), or `InputMismatchError` naming the first that does not fit: what
+        every executor checks before anything runs."""
+        specs = self.input_specs
+        if len(inputs) != len(specs):
+            names = ", ".join(spec.name for spec in specs)
+            raise InputMismatchError(f"program {self.name!r} takes {len(specs)} input(s) ({names}), got {len(inputs)}")
+        checked = []
+        for spec, value in zip(specs, inputs, strict=True):
+            array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            if array.shape != tuple(spec.shape) or array.dtype != spec.numpy_dtype:
+                raise InputMismatchError(
+                    f"input {spec.name!r} of program {self.name!r}: expected "
+                    f"{describe_array(spec.dtype, spec.shape)}, got {describe_array(str(array.dtype), array.shape)}"
+                )
+            checked.append(array if array.flags.c_contiguous else array.copy(order="C"))
+        return checked
 
     @property
     def input_specs(self) -> tuple[BufferSpec, ...]:
@@ -169,6 +230,7 @@ class Program:
         lines += [
             f"  launch {launch.kernel}({', '.join(f'%{i}' for i in launch.args)})"
             + ("" if launch.parallel else "  serial")
+            + ("" if launch.grid is None else f"  grid {launch.grid} block {launch.block}")
             for launch in self.launches
         ]
         lines.append(f"  return {', '.join(f'%{i}' for i in self.outputs)}")
@@ -191,7 +253,7 @@ class Program:
             ],
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
-            "launches": [{"kernel": x.kernel, "args": list(x.args), "parallel": x.parallel} for x in self.launches],
+            "launches": [launch.header() for launch in self.launches],
             "arena_bytes": self.arena_bytes,
             "code": self.code,
         }
@@ -224,7 +286,7 @@ def load(path: str | os.PathLike) -> Program:
                 for i, spec in enumerate(buffers)
                 if spec.kind == "constant"
             }
-            launches = tuple(Launch(x["kernel"], tuple(x["args"]), x["parallel"]) for x in header["launches"])
+            launches = tuple(Launch.from_header(entry) for entry in header["launches"])
             return Program(
                 name=header["name"],
                 buffers=buffers,

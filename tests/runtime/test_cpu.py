@@ -190,7 +190,7 @@ def test_code_errors(kernels, chain_program):
     with pytest.raises(CodeCompilationError, match="LLVM IR does not compile"):
         CpuExecutor(broken)
     with pytest.raises(ProgramError, match="not the CPU"):
-        CpuExecutor(dataclasses.replace(chain_program, target="cuda", code={}))
+        CpuExecutor(dataclasses.replace(chain_program, code={}))  # no LLVM IR
 
 
 def test_dropping_an_executor_stops_its_threads(chain_program):
