@@ -6,14 +6,22 @@
 The model goes through its frontend into the graph IR, then through the target's pipeline
 (`passes`), then to the target's executor. Calls take numpy arrays or torch tensors and
 return the same kind; shapes and dtypes are checked against the graph before anything runs.
-Targets: `reference` (the numpy interpreter: the oracle every other target is compared with)
-and `cpu` (kernels lowered to LLVM IR, compiled for the host, run by `runtime.CpuExecutor`).
+Targets: `reference` (the numpy interpreter: the oracle every other target is compared with),
+`cpu` (kernels lowered to LLVM IR, compiled for the host, run by `runtime.CpuExecutor`) and
+`cuda` (kernels printed as CUDA C, compiled by NVRTC to cubins, run by `runtime.CudaExecutor`).
+
+Compiling for `cuda` needs NVRTC but no GPU: a GPU-less machine (CI) gets the program, its
+cubins and the ptxas report, and can save them. The GPU is first needed at the first call,
+which loads the program onto the device and raises `compiler.errors.CudaUnavailableError`
+(no pycuda, no driver or no device) there. torch CUDA tensors go in and come out without
+copies, on torch's current stream; numpy arrays and CPU tensors are copied in and out.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +36,7 @@ from passes import Pass, PassManager, parse_pipeline
 from passes.instruments import PassStatistics
 from passes.pipelines import default_pipeline
 
-TARGETS = ("reference", "cpu")
+TARGETS = ("reference", "cpu", "cuda")
 
 
 @dataclass
@@ -45,49 +53,102 @@ class CompiledModel:
     program: Any = None
     """The `runtime.Program` a compiled (non-reference) target runs."""
     kernels: dict[str, str] = field(default_factory=dict)
-    """Kernel name -> its kernel IR, printed."""
+    """Kernel name -> its kernel IR, printed (cpu), or its CUDA C source (cuda)."""
     executor: Any = None
+    """What runs `program`; for cuda, made at the first call (it needs the GPU)."""
+    make_executor: Callable[[int | None], Any] | None = field(default=None, repr=False)
+    """How to make the executor later, given the CUDA device (None: torch's current, else 0)."""
 
     def save(self, path: str) -> None:
         """Write the compiled program to one file; `compiler.load` (or `runtime.load_executor`,
         without the rest of Kiln) runs it."""
         if self.program is None:
-            raise ValueError(f"the {self.target} target has no program to save; compile for target='cpu'")
+            raise ValueError(f"the {self.target} target has no program to save; compile for target='cpu' or 'cuda'")
         self.program.save(path)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         given = self.imported.flatten_inputs(args, kwargs)
+        cuda_tensor = next((g for g in given if is_torch_tensor(g) and g.device.type == "cuda"), None)
+        if self.target == "cuda" and cuda_tensor is not None:
+            return self.imported.unflatten_outputs(self._run_on_device(given, cuda_tensor.device))
         arrays = check_inputs(self.graph, given)
-        outputs = ir.run(self.graph, arrays) if self.executor is None else self.executor.run(arrays)
+        outputs = ir.run(self.graph, arrays) if self.target == "reference" else self.load_executor().run(arrays)
         like = next((g for g in given if is_torch_tensor(g)), None)
         if like is not None:
             outputs = [to_torch(o, like) for o in outputs]
         return self.imported.unflatten_outputs(outputs)
 
+    def load_executor(self, device: int | None = None) -> Any:
+        """The executor, made now if it was left for later (cuda: loads the program onto `device`)."""
+        if self.executor is None and self.make_executor is not None:
+            self.executor = self.make_executor(device)
+        return self.executor
+
+    def _run_on_device(self, given: Sequence[Any], device: Any) -> list[Any]:
+        """torch CUDA tensors in, torch CUDA tensors out, no copies: the kernels read the inputs'
+        memory and write fresh tensors, queued on torch's current stream."""
+        import torch
+
+        from compiler.frontends.torch_graph import ir_dtype_to_torch, torch_dtype_to_ir
+
+        tensors = [g if is_torch_tensor(g) else torch.as_tensor(to_numpy(g)) for g in given]
+        check_types(self.graph, [(tuple(t.shape), torch_dtype_to_ir(t.dtype), str(t.dtype)) for t in tensors])
+        tensors = [t.detach().to(device).contiguous() for t in tensors]  # no-ops for contiguous tensors there
+        executor = self.load_executor(device.index)
+        if executor.device != device.index:
+            raise InputMismatchError(
+                f"the model was loaded onto cuda:{executor.device}, and is called with tensors on {device}: "
+                "move them, or compile again for that device"
+            )
+        types = [value.type for value in self.graph.outputs]
+        outputs = [torch.empty(t.shape, dtype=ir_dtype_to_torch(t.dtype), device=device) for t in types]
+        pointers = [t.data_ptr() for t in tensors], [t.data_ptr() for t in outputs]
+        current = torch.cuda.current_stream(device)
+        if current.cuda_stream == 0:  # torch's default stream is the legacy default stream: launch there
+            executor.run_on_device(*pointers, stream=None)
+            return outputs
+        # Another torch stream: pycuda launches only on streams it made, so ours waits for torch's,
+        # runs, and torch's waits for ours; the caching allocator learns the tensors were used there.
+        ours = torch.cuda.ExternalStream(executor.driver.stream_handle(executor.stream), device=device)
+        ours.wait_stream(current)
+        executor.run_on_device(*pointers, stream=executor.stream)
+        current.wait_stream(ours)
+        for tensor in (*tensors, *outputs):
+            tensor.record_stream(ours)
+        return outputs
+
 
 def check_inputs(graph: ir.Graph, given: Sequence[Any]) -> list[np.ndarray]:
     """The inputs as numpy arrays, or `InputMismatchError` naming the first that does not fit."""
+    arrays = [to_numpy(item) for item in given]
+    check_types(graph, [(a.shape, _ir_dtype(a.dtype), str(a.dtype)) for a in arrays])
+    return arrays
+
+
+def _ir_dtype(dtype: np.dtype) -> ir.DType | None:
+    try:
+        return ir.DType.from_numpy(dtype)
+    except TypeError:
+        return None
+
+
+def check_types(graph: ir.Graph, given: Sequence[tuple[tuple[int, ...], ir.DType | None, str] | None]) -> None:
+    """`InputMismatchError` naming the first input whose (shape, IR dtype or None, dtype as the
+    caller names it) differs from the graph's, or when their number does."""
     if len(given) != len(graph.inputs):
         signature = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
         raise InputMismatchError(f"the model takes {len(graph.inputs)} input(s) ({signature}), got {len(given)}")
-    arrays = []
-    for index, (value, item) in enumerate(zip(graph.inputs, given)):
-        array = to_numpy(item)
+    for index, (value, (shape, dtype, dtype_name)) in enumerate(zip(graph.inputs, given)):
         expected = value.type
-        try:
-            got = ir.TensorType(array.shape, ir.DType.from_numpy(array.dtype))
-        except TypeError:
-            got = None
+        got = None if dtype is None else ir.TensorType(tuple(shape), dtype)
         if got != expected:
-            shown = got or f"{array.dtype}[{','.join(map(str, array.shape))}]"
+            shown = got or f"{dtype_name}[{','.join(map(str, shape))}]"
             hint = (
                 f"convert it with .astype({expected.dtype.numpy.name!r})"
                 if got is not None and got.shape == expected.shape
                 else "the shapes were fixed by the example inputs at compile time; recompile for new shapes"
             )
             raise InputMismatchError(f"input {index} (%{value.name}) expects {expected}, got {shown}: {hint}")
-        arrays.append(array)
-    return arrays
 
 
 def compile(
@@ -99,12 +160,13 @@ def compile(
     precision: str = "fp32",
     debug: bool = False,
     threads: int | None = None,
+    arch: str | Sequence[str] | None = None,
 ) -> CompiledModel:
     """Compile `model` (a torch `nn.Module` with `example_inputs`, an ONNX `ModelProto` or path,
     a `.kiln` path, or an `ir.Graph`) for `target`, running the target's pipeline at
     `opt_level` (0-3) and `precision` ("fp32", "bf16", "fp16"). `debug` verifies the graph
     after every pass; `threads` sets the CPU target's worker count (default: the CPUs this process
-    may use)."""
+    may use); `arch` the CUDA architectures to compile cubins for (default sm_80 and sm_90)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; Kiln has {', '.join(TARGETS)}")
     imported = import_model(model, example_inputs)
@@ -115,18 +177,48 @@ def compile(
         steps = with_example_inputs(steps, imported, example_inputs)
     graph = PassManager(steps, instruments=[statistics], verify_each=debug).run(imported.graph)
     compiled = CompiledModel(imported, target, graph, {"passes": statistics.records})
+    if target != "reference" and opt_level < 2:  # compiled targets run kernels: fuse is what makes them
+        compiled.graph = graph = PassManager(parse_pipeline("fuse")).run(graph)
     if target == "cpu":
         from backends.cpu import build_program
         from ir.loop import print_kernel
         from runtime import CpuExecutor
 
-        if opt_level < 2:  # the CPU target runs kernels: fuse is what makes them
-            graph = PassManager(parse_pipeline("fuse")).run(graph)
-            compiled.graph = graph
         compiled.program, kernels = build_program(graph)
         compiled.kernels = {k.name: print_kernel(k) for k in kernels}
         compiled.executor = CpuExecutor(compiled.program, threads=threads)
+    elif target == "cuda":
+        from backends.cuda import emit_kernel
+        from backends.cuda.program import build_cuda_program, resources
+
+        compiled.program, kernels = build_cuda_program(graph, arch)
+        compiled.kernels = {k.name: emit_kernel(k) for k in kernels}
+        compiled.stats["cuda"] = {name: resources(compiled.program, name) for name in compiled.program.code["cubins"]}
+        compiled.make_executor = cuda_executor_factory(compiled.program)
     return compiled
+
+
+def cuda_executor_factory(program: Any) -> Callable[[int | None], Any]:
+    """Makes the `runtime.CudaExecutor` of `program` when first needed: on `device`, else torch's
+    current device when torch has initialised CUDA, else device 0; a device that none of the
+    program's cubins fits gets its CUDA source compiled by NVRTC."""
+
+    def make(device: int | None) -> Any:
+        from backends.cuda.program import compile_for_arch
+        from compiler.errors import CudaUnavailableError
+        from runtime.cuda import CudaExecutor
+        from runtime.cuda import CudaUnavailableError as RuntimeCudaUnavailableError
+
+        if device is None:
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_initialized():
+                device = torch.cuda.current_device()
+        try:
+            return CudaExecutor(program, device=device, compile_source=compile_for_arch)
+        except RuntimeCudaUnavailableError as error:
+            raise CudaUnavailableError(str(error)) from error
+
+    return make
 
 
 def with_example_inputs(steps: list[Pass], imported: ImportedModel, example_inputs: Sequence[Any]) -> list[Pass]:
@@ -148,6 +240,10 @@ def load(path: str, threads: int | None = None) -> CompiledModel:
     from runtime import load as load_program
 
     program = load_program(path)
+    if program.target == "cuda":
+        executor, make_executor = None, cuda_executor_factory(program)
+    else:
+        executor, make_executor = CpuExecutor(program, threads=threads), None
     builder = ir.GraphBuilder(to_identifier(program.name))
     inputs = [
         builder.input(to_identifier(spec.name), spec.shape, ir.DType.from_numpy(spec.numpy_dtype))
@@ -155,5 +251,5 @@ def load(path: str, threads: int | None = None) -> CompiledModel:
     ]
     signature = builder.build(*inputs)  # the inputs alone: what calls are checked against
     imported = ImportedModel(signature, lambda args, kwargs: list(args), unflatten_single_or_tuple)
-    return CompiledModel(imported, program.target, signature, program=program,
-                         executor=CpuExecutor(program, threads=threads))  # fmt: skip
+    return CompiledModel(imported, program.target, signature, program=program, executor=executor,
+                         make_executor=make_executor)  # fmt: skip

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from backends.cuda.codegen import CudaCodegenError
+from backends.cuda.nvrtc import CudaCompilationError, NvrtcMissingError
 from ir.errors import (
     InterpreterError,
     KilnError,
@@ -19,6 +21,8 @@ from ir.errors import (
     UnknownOpError,
     VerificationError,
 )
+from runtime.cuda import CudaDriverError
+from runtime.cuda import CudaUnavailableError as _RuntimeCudaUnavailableError
 from runtime.errors import CodeCompilationError, ProgramError, ProgramFormatError, ProgramRuntimeError
 
 
@@ -79,6 +83,12 @@ class MissingDependencyError(KilnError, ImportError):
     """An optional dependency (torch, onnx, pycuda) that this use of Kiln needs is not installed."""
 
 
+class CudaUnavailableError(MissingDependencyError, _RuntimeCudaUnavailableError):
+    """A model compiled for CUDA was called where it cannot run: pycuda is not installed, or the
+    CUDA driver or a GPU is missing (the message says which). Compiling needs none of them, only
+    NVRTC (`NvrtcMissingError` when that is missing). Also a `runtime.cuda.CudaUnavailableError`."""
+
+
 def missing_dependency(package: str, extra: str, purpose: str) -> MissingDependencyError:
     return MissingDependencyError(
         f"{purpose} needs {package}, which is not installed: pip install 'kiln[{extra}]' (or pip install {package})"
@@ -87,6 +97,11 @@ def missing_dependency(package: str, extra: str, purpose: str) -> MissingDepende
 
 __all__ = [
     "CodeCompilationError",
+    "CudaCodegenError",
+    "CudaCompilationError",
+    "CudaDriverError",
+    "CudaUnavailableError",
+    "NvrtcMissingError",
     "ProgramError",
     "ProgramFormatError",
     "ProgramRuntimeError",

@@ -6,6 +6,8 @@
     irdump model.onnx -O2 --print-after-all    # the IR after every pass of the default pipeline
     irdump model.onnx --passes canonicalize,fold_constants --print-after fold_constants
     irdump model.onnx --target cpu --emit loop     # each kernel in kernel IR (also: llvm, asm)
+    irdump model.onnx --target cuda --emit cuda    # each kernel's CUDA C (also: loop, ptx), with
+                                                   # ptxas's registers, shared memory and spills
 
 After the final IR come one summary line per pass (nodes before -> after, kernels, FLOPs,
 bytes moved, time) and a summary of the final graph, all as `#` comments so that the output
@@ -43,8 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--summary-only", action="store_true", help="print the summaries, not the final IR")
     parser.add_argument(
         "--emit",
-        choices=("loop", "llvm", "asm"),
-        help="with --target cpu: print each kernel as kernel IR, the LLVM module, or the host's assembly",
+        choices=sorted({form for forms in EMITTERS.values() for form in forms}),
+        help="with --target cpu: each kernel as kernel IR, the LLVM module, or the host's assembly (loop, llvm, "
+        "asm); with --target cuda: each kernel's scheduled kernel IR, CUDA C, or the module's PTX (loop, cuda, ptx), "
+        "with the ptxas resource report",
+    )
+    parser.add_argument(
+        "--arch",
+        action="append",
+        metavar="SM",
+        help="with --target cuda: an architecture to compile for (repeatable; default sm_80 and sm_90; PTX: the last)",
     )
     parser.add_argument(
         "--max-constant-elements",
@@ -88,18 +98,64 @@ def _call_factory(path: Path, factory: str) -> tuple[Any, Any]:
     return result
 
 
-def emit(graph: Graph, form: str) -> str:
-    """The CPU code of a fused graph: kernel IR, LLVM IR or assembly."""
-    from backends.cpu import build_program
-    from backends.llvm import compile_module
-    from ir.loop import print_kernel
+def emit(graph: Graph, form: str, target: str = "cpu", arch: list[str] | None = None) -> str:
+    """The code of a fused graph for `target` in `form` (one of `EMITTERS[target]`)."""
+    return EMITTERS[target][form](graph, arch)
 
-    program, kernels = build_program(graph)
-    if form == "loop":
-        return "\n".join(print_kernel(kernel) for kernel in kernels) + "\n"
-    if form == "llvm":
-        return program.code["llvm_ir"]
-    return compile_module(program.code["llvm_ir"]).assembly
+
+def _emit_cpu(form: str) -> Any:
+    def emit_cpu(graph: Graph, _arch: Any) -> str:
+        from backends.cpu import build_program
+        from backends.llvm import compile_module
+        from ir.loop import print_kernel
+
+        program, kernels = build_program(graph)
+        if form == "loop":
+            return "\n".join(print_kernel(kernel) for kernel in kernels) + "\n"
+        if form == "llvm":
+            return program.code["llvm_ir"]
+        return compile_module(program.code["llvm_ir"]).assembly
+
+    return emit_cpu
+
+
+def _emit_cuda(form: str) -> Any:
+    def emit_cuda(graph: Graph, arch: list[str] | None) -> str:
+        """Each kernel (scheduled kernel IR or CUDA C) followed by its launch and ptxas report per
+        architecture, or the module's PTX followed by every kernel's report."""
+        from backends.cuda import emit_kernel
+        from backends.cuda.program import build_cuda_program, ptx, resources
+        from ir.loop import print_kernel
+
+        program, kernels = build_cuda_program(graph, arch)
+        architectures = list(program.code["cubins"])
+        reports = {name: resources(program, name) for name in architectures}
+
+        def report(kernel: Any, launch: Any) -> str:
+            template = program.code["templates"].get(kernel.name, "?")
+            lines = [f"# {kernel.name}: {template}, grid {launch.grid}, block {launch.block}"]
+            for name in architectures:
+                r = reports[name][kernel.name]
+                lines.append(
+                    f"#   {name}: {r.registers} registers, {r.shared_bytes} bytes smem, {r.stack_bytes} bytes stack, "
+                    f"{r.spill_stores}+{r.spill_loads} bytes spilled, {r.barriers} barriers"
+                )
+            return "\n".join(lines) + "\n"
+
+        pairs = list(zip(kernels, program.launches, strict=True))
+        if form == "ptx":
+            return ptx(program.code["cuda_source"], architectures[-1]) + "".join(report(k, x) for k, x in pairs)
+        printed = print_kernel if form == "loop" else emit_kernel
+        return "\n".join(printed(kernel) + report(kernel, launch) for kernel, launch in pairs)
+
+    return emit_cuda
+
+
+EMITTERS: dict[str, dict[str, Any]] = {
+    "cpu": {form: _emit_cpu(form) for form in ("loop", "llvm", "asm")},
+    "cuda": {form: _emit_cuda(form) for form in ("loop", "cuda", "ptx")},
+}
+"""What `--emit` can print, per compiled target."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,12 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"irdump: {args.model}: {error}{notes}", file=sys.stderr)
         return 1
     if args.emit:
-        if args.target != "cpu":
-            print("irdump: --emit needs --target cpu (the only compiled target so far)", file=sys.stderr)
+        forms = EMITTERS.get(args.target, {})
+        if args.emit not in forms:
+            shown = "; ".join(f"--target {target}: {', '.join(f)}" for target, f in EMITTERS.items())
+            print(f"irdump: --emit needs --target cpu or cuda, each with its forms ({shown})", file=sys.stderr)
             return 2
         if not any(node.op == "fused" for node in graph.nodes):
             graph = PassManager(parse_pipeline("fuse")).run(graph)  # kernels are fused groups
-        sys.stdout.write(emit(graph, args.emit))
+        try:
+            sys.stdout.write(emit(graph, args.emit, args.target, args.arch))
+        except KilnError as error:  # NVRTC missing or rejecting a kernel, a kernel it cannot print
+            print(f"irdump: {args.model}: {error}", file=sys.stderr)
+            return 1
     elif not args.summary_only:
         sys.stdout.write(print_graph(graph, max_constant_elements=elide))
         print()

@@ -42,7 +42,9 @@ def test_trained_ocr_model_matches_onnxruntime_on_the_cpu_target(models_dir, nam
     compiled = compiler.compile(path, example_inputs=(x,), target="cpu")
     got = compiled(x)
     assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+    # Outputs are probabilities (or logits of order 1): an absolute floor, since on random input the
+    # detector's map is ~1e-12 everywhere, where ONNX Runtime's sigmoid rounds to 0 or 2^-25.
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
     # Fused: far fewer kernels than the model has (non-constant) ONNX nodes.
     nodes = sum(node.op_type != "Constant" for node in onnx.load(path).graph.node)
     assert len(compiled.kernels) < nodes / 2
