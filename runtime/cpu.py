@@ -3,12 +3,9 @@ pool of threads.
 
 The generated code follows one ABI (DESIGN.md, "Runtime"): each kernel is
 `void NAME(void **args, int64_t worker, int64_t workers)`; a kernel whose body is one parallel
-loop runs worker w's share of it, any other runs whole on worker 0. Handing each kernel to a
-Python thread pool costs ~100 µs a kernel in wake-ups, so the executor links a small driver
-of its own into the program's module instead: `kiln_run_launches` walks the launch table and
-calls every kernel for one worker, with a spinning barrier (atomics) between kernels, the way
-an OpenMP parallel region spans loops. Each run is then one ctypes call per worker thread
-(ctypes releases the GIL), and a kernel boundary costs a barrier, not a Python round trip.
+loop runs worker w's share of it, any other runs whole on worker 0. The kernels are linked with
+the launch driver of `runtime.driver`, which runs the whole launch table for one worker, so a
+run is one call on the calling thread (worker 0) while the pool's other workers join in.
 
 The IR, not machine code, is what a program carries, so a program saved on one machine is
 compiled for the CPU it runs on; compiled objects are cached in the process by a hash of the
@@ -20,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import math
 import os
 import re
 import threading
@@ -31,231 +27,10 @@ from typing import Any
 import numpy as np
 
 from runtime.disk_cache import read_entry, write_entry
+from runtime.driver import DRIVER_SYMBOL, STATE_WORDS, WorkerPool, driver_ir
 from runtime.errors import CodeCompilationError, InputMismatchError, ProgramError
-from runtime.memory import barriers_before
+from runtime.memory import aligned_empty, barriers_before
 from runtime.program import BufferSpec, Program, describe_array
-
-ALIGNMENT = 64
-"""Bytes: the arena base and fresh outputs start on a cache line (and an AVX-512 vector)."""
-
-DRIVER_SYMBOL = "kiln_run_launches"
-
-# One worker's walk over the launches. %fns, %args: one function pointer and one `void **` per
-# launch; %flags: one byte per launch, bit 0 = parallel (0: worker 0 alone calls it, as one
-# worker), bit 1 = a barrier before it (computed at load time by `runtime.memory.barriers_before`:
-# only where the launch touches bytes that another worker touched since the last barrier).
-#
-# %state is one executor's synchronisation words, each on its own cache line (64 bytes) so that
-# arrivals do not slow the spinners: [0] the barrier's arrival count, [64] its generation (the
-# last to arrive resets the count and bumps the generation, which releases the rest), [128] the
-# run generation (i32, a futex word: the caller bumps it to start a run), [192] how many workers
-# sleep on it, [256] the stop flag.
-#
-# The pool's threads each make one ctypes call, into @kiln_worker_loop, that returns only when
-# the executor stops: between runs a worker spins (pause), then yields, then sleeps on the futex,
-# so a run that follows another closely starts its workers in well under a microsecond instead of
-# a Python thread's wake-up (~100 µs measured by benchmarks/launch_overhead.py). @kiln_run_main is
-# the calling thread's side: start the run, be worker 0, wait for the others at a final barrier.
-_DRIVER_IR = """
-declare i32 @sched_yield()
-{pause_declaration}
-{sleep_declaration}
-
-define void @kiln_run_launches(ptr %fns, ptr %args, ptr %flags, i64 %n, i64 %worker, i64 %workers, ptr %state) {{
-entry:
-  %empty = icmp eq i64 %n, 0
-  %several = icmp ugt i64 %workers, 1
-  %is.first = icmp eq i64 %worker, 0
-  br i1 %empty, label %exit, label %loop
-loop:
-  %i = phi i64 [ 0, %entry ], [ %next, %called ]
-  %flag.slot = getelementptr i8, ptr %flags, i64 %i
-  %flag = load i8, ptr %flag.slot
-  %barrier.bit = and i8 %flag, 2
-  %has.barrier = icmp ne i8 %barrier.bit, 0
-  %wait = and i1 %has.barrier, %several
-  br i1 %wait, label %barrier.wait, label %dispatch
-barrier.wait:
-  call void @kiln_barrier(ptr %state, i64 %workers)
-  br label %dispatch
-dispatch:
-  %fn.slot = getelementptr ptr, ptr %fns, i64 %i
-  %fn = load ptr, ptr %fn.slot
-  %args.slot = getelementptr ptr, ptr %args, i64 %i
-  %a = load ptr, ptr %args.slot
-  %parallel.bit = and i8 %flag, 1
-  %is.parallel = icmp ne i8 %parallel.bit, 0
-  br i1 %is.parallel, label %call.parallel, label %check.first
-call.parallel:
-  call void %fn(ptr %a, i64 %worker, i64 %workers)
-  br label %called
-check.first:
-  br i1 %is.first, label %call.serial, label %called
-call.serial:
-  call void %fn(ptr %a, i64 0, i64 1)
-  br label %called
-called:
-  %next = add i64 %i, 1
-  %more = icmp ult i64 %next, %n
-  br i1 %more, label %loop, label %exit
-exit:
-  ret void
-}}
-
-define internal void @kiln_barrier(ptr %count, i64 %workers) noinline {{
-entry:
-  %generation = getelementptr i64, ptr %count, i64 8
-  %seen = load atomic i64, ptr %generation acquire, align 8
-  %arrived = atomicrmw add ptr %count, i64 1 acq_rel
-  %last.index = sub i64 %workers, 1
-  %is.last = icmp eq i64 %arrived, %last.index
-  br i1 %is.last, label %release, label %spin
-release:
-  store atomic i64 0, ptr %count monotonic, align 8
-  %old = atomicrmw add ptr %generation, i64 1 release
-  ret void
-spin:
-  %k = phi i64 [ 0, %entry ], [ %k.next, %pause ], [ %k.next, %yield ]
-  %now = load atomic i64, ptr %generation acquire, align 8
-  %same = icmp eq i64 %now, %seen
-  br i1 %same, label %backoff, label %done
-backoff:
-  %k.next = add i64 %k, 1
-  %patient = icmp ult i64 %k, 1000
-  br i1 %patient, label %pause, label %yield
-pause:
-  {pause_call}
-  br label %spin
-yield:
-  ; a worker that is not running (more threads than free cores) gets the core sooner
-  %ignored = call i32 @sched_yield()
-  br label %spin
-done:
-  ret void
-}}
-
-; The calling thread: start a run (bump the run generation, wake sleepers), run it as worker 0,
-; and return when every worker has finished (the final barrier).
-define void @kiln_run_main(ptr %fns, ptr %args, ptr %flags, i64 %n, i64 %workers, ptr %state) {{
-entry:
-  %run = getelementptr i8, ptr %state, i64 128
-  %sleepers = getelementptr i8, ptr %state, i64 192
-  %old = atomicrmw add ptr %run, i32 1 seq_cst
-  %asleep = load atomic i64, ptr %sleepers seq_cst, align 8
-  %any = icmp ne i64 %asleep, 0
-  br i1 %any, label %wake, label %work
-wake:
-  {wake_call}
-  br label %work
-work:
-  call void @kiln_run_launches(ptr %fns, ptr %args, ptr %flags, i64 %n, i64 0, i64 %workers, ptr %state)
-  call void @kiln_barrier(ptr %state, i64 %workers)
-  ret void
-}}
-
-; A pool thread: wait for each run (spin, then yield, then sleep), take part as `worker`, meet
-; the others at the final barrier; return when the stop flag is set.
-define void @kiln_worker_loop(ptr %fns, ptr %args, ptr %flags, i64 %n, i64 %worker, i64 %workers, ptr %state) {{
-entry:
-  %run = getelementptr i8, ptr %state, i64 128
-  %sleepers = getelementptr i8, ptr %state, i64 192
-  %stop = getelementptr i8, ptr %state, i64 256
-  br label %wait
-wait:
-  %seen = phi i32 [ 0, %entry ], [ %now, %finished ]
-  br label %poll
-poll:
-  %k = phi i64 [ 0, %wait ], [ %k.next, %pause ], [ %k.next, %yield ], [ %k, %slept ]
-  %now = load atomic i32, ptr %run acquire, align 4
-  %same = icmp eq i32 %now, %seen
-  br i1 %same, label %backoff, label %go
-backoff:
-  %k.next = add i64 %k, 1
-  %hot = icmp ult i64 %k, {spins}
-  br i1 %hot, label %pause, label %cooling
-cooling:
-  %warm = icmp ult i64 %k, {spins_and_yields}
-  br i1 %warm, label %yield, label %sleep
-pause:
-  {pause_call}
-  br label %poll
-yield:
-  %ignored = call i32 @sched_yield()
-  br label %poll
-sleep:
-  ; announce the sleep, then look again: the caller bumps the generation before it reads the
-  ; sleepers (both seq_cst), so either it sees this sleeper or this sees its run
-  %in = atomicrmw add ptr %sleepers, i64 1 seq_cst
-  %again = load atomic i32, ptr %run seq_cst, align 4
-  %still = icmp eq i32 %again, %seen
-  br i1 %still, label %doze, label %awake
-doze:
-  {sleep_call}
-  br label %awake
-awake:
-  %out = atomicrmw sub ptr %sleepers, i64 1 seq_cst
-  br label %slept
-slept:
-  br label %poll
-go:
-  %stopping = load atomic i64, ptr %stop acquire, align 8
-  %done = icmp ne i64 %stopping, 0
-  br i1 %done, label %exit, label %work
-work:
-  call void @kiln_run_launches(ptr %fns, ptr %args, ptr %flags, i64 %n, i64 %worker, i64 %workers, ptr %state)
-  call void @kiln_barrier(ptr %state, i64 %workers)
-  br label %finished
-finished:
-  br label %wait
-exit:
-  ret void
-}}
-
-; Stop the pool: set the flag, start a last "run" that the workers see as the end.
-define void @kiln_stop_workers(ptr %state) {{
-entry:
-  %run = getelementptr i8, ptr %state, i64 128
-  %stop = getelementptr i8, ptr %state, i64 256
-  store atomic i64 1, ptr %stop seq_cst, align 8
-  %old = atomicrmw add ptr %run, i32 1 seq_cst
-  {wake_call}
-  ret void
-}}
-"""
-
-_PAUSE = {  # the spin-wait hint per architecture: saves power and a pipeline flush on exit
-    "x86_64": ("declare void @llvm.x86.sse2.pause()", "call void @llvm.x86.sse2.pause()"),
-    "aarch64": ("declare void @llvm.aarch64.hint(i32)", "call void @llvm.aarch64.hint(i32 1)"),
-}
-
-# How a pool thread with nothing to do sleeps, per OS and architecture: on Linux a futex wait on
-# the run generation (the caller wakes it with a futex wake, only when some worker sleeps); where
-# there is no futex, short naps (a run after a long idle then starts up to 200 µs late).
-_FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98}
-_FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
-
-# A pool thread spins this many pauses (~tens of µs) and then yields this many more times before it
-# sleeps: runs that follow one another closely (a model called in a loop) find it awake.
-SPINS_BEFORE_YIELD = 2000
-YIELDS_BEFORE_SLEEP = 100
-
-
-def _sleep_and_wake(triple: str) -> tuple[str, str, str]:
-    """(declaration, sleep call, wake call) for the driver's idle pool threads on `triple`."""
-    number = _FUTEX_SYSCALL.get(triple.split("-")[0])
-    if number is None or "linux" not in triple:
-        return "declare i32 @usleep(i32)", "%napped = call i32 @usleep(i32 200)", ""
-    wait = (
-        "%seen.wide = zext i32 %seen to i64\n"
-        f"  %slept.rc = call i64 (i64, ...) @syscall(i64 {number}, ptr %run, i64 {_FUTEX_WAIT_PRIVATE}, "
-        "i64 %seen.wide, ptr null, ptr null, i64 0)"
-    )
-    wake = (
-        f"%woken = call i64 (i64, ...) @syscall(i64 {number}, ptr %run, i64 {_FUTEX_WAKE_PRIVATE}, "
-        "i64 2147483647, ptr null, ptr null, i64 0)"
-    )
-    return "declare i64 @syscall(i64, ...)", wait, wake
-
 
 # Function attributes that pin code to the CPU it was generated on; dropped when the host differs.
 _TARGET_ATTRIBUTES = re.compile(r'"(target-cpu|target-features|tune-cpu)"="[^"]*"')
@@ -327,20 +102,6 @@ def _host_target_machine() -> Any:
     return target.create_target_machine(cpu=host["cpu"], features=host["features"], opt=3, jit=True)
 
 
-def _driver_ir(triple: str) -> str:
-    declaration, call = _PAUSE.get(triple.split("-")[0], ("", ""))
-    sleep_declaration, sleep_call, wake_call = _sleep_and_wake(triple)
-    return _DRIVER_IR.format(
-        pause_declaration=declaration,
-        pause_call=call,
-        sleep_declaration=sleep_declaration,
-        sleep_call=sleep_call,
-        wake_call=wake_call,
-        spins=SPINS_BEFORE_YIELD,
-        spins_and_yields=SPINS_BEFORE_YIELD + YIELDS_BEFORE_SLEEP,
-    )
-
-
 def compile_llvm_ir(code: dict[str, Any]) -> Any:
     """An LLVM execution engine holding `code["llvm_ir"]` and the launch driver, compiled at
     O3 for this host. Keep the engine alive while its functions are called."""
@@ -362,7 +123,7 @@ def optimize_llvm_ir(text: str, link_driver: bool = False, skip_if_cached: bool 
     try:
         module = llvm.parse_assembly(text)
         if link_driver:
-            module.link_in(llvm.parse_assembly(_driver_ir(host["triple"])))
+            module.link_in(llvm.parse_assembly(driver_ir(host["triple"])))
         module.verify()
     except RuntimeError as error:
         raise CodeCompilationError(f"the LLVM IR does not compile: {error}") from error
@@ -371,7 +132,7 @@ def optimize_llvm_ir(text: str, link_driver: bool = False, skip_if_cached: bool 
     key = hashlib.sha256(
         # the driver's IR is part of the key: a cached object holds the driver it was linked with
         "\0".join(
-            [text, _driver_ir(host["triple"]) if link_driver else "", *host.values(), str(llvm.llvm_version_info)]
+            [text, driver_ir(host["triple"]) if link_driver else "", *host.values(), str(llvm.llvm_version_info)]
         ).encode()
     ).hexdigest()
     if _cached_object(key) is None or not skip_if_cached:
@@ -403,55 +164,6 @@ def jit(module: Any) -> Any:
 def host_target_machine() -> Any:
     """An LLVM target machine for this host (for assembly listings)."""
     return _host_target_machine()
-
-
-def _aligned_empty(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on an ALIGNMENT-byte boundary."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
-
-
-_STATE_WORDS = 40
-"""i64 words of a pool's synchronisation state: five cache lines (see the driver's IR)."""
-
-
-class _WorkerPool:
-    """`workers - 1` threads, each inside one ctypes call into the driver's `kiln_worker_loop`
-    for as long as the pool lives; the calling thread is worker 0 (`kiln_run_main`), so a run
-    costs no Python thread switch. Holds no reference to the executor, so an executor that is
-    dropped stops its threads; it holds the engine, whose code the threads run until they stop."""
-
-    def __init__(self, engine: Any, table: tuple[int, int, int, int], workers: int) -> None:
-        self.workers = workers
-        self._engine = engine
-        self._state = _aligned_empty((_STATE_WORDS,), np.dtype(np.int64))
-        self._state[:] = 0
-        state = self._state.ctypes.data
-        address = engine.get_function_address
-        p, i64 = ctypes.c_void_p, ctypes.c_int64
-        run_main = ctypes.CFUNCTYPE(None, p, p, p, i64, i64, p)(address("kiln_run_main"))
-        worker_loop = ctypes.CFUNCTYPE(None, p, p, p, i64, i64, i64, p)(address("kiln_worker_loop"))
-        self._stop = ctypes.CFUNCTYPE(None, p)(address("kiln_stop_workers"))
-        self.run = functools.partial(run_main, *table, workers, state)
-        self._threads = [
-            threading.Thread(
-                target=worker_loop, args=(*table, w, workers, state), name=f"kiln-cpu-worker-{w}", daemon=True
-            )
-            for w in range(1, workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def close(self) -> None:
-        """Stop the threads and wait for them to leave the generated code (called when the
-        executor is collected, or at exit)."""
-        if self._threads:
-            self._stop(self._state.ctypes.data)
-            for thread in self._threads:
-                thread.join(timeout=10)
-            self._threads = []
 
 
 def default_threads() -> int:
@@ -491,7 +203,7 @@ class CpuExecutor:
         """Fixed addresses (constants, intermediates in the arena) and the slots that a run fills
         (inputs first, then the buffers of kind output)."""
         program = self.program
-        self._arena = _aligned_empty((program.arena_bytes,), np.dtype(np.uint8))
+        self._arena = aligned_empty((program.arena_bytes,), np.dtype(np.uint8))
         # Kernels only read constants; a contiguous copy only where the program's array is not.
         self._constants = {
             i: array if array.flags.c_contiguous else array.copy(order="C") for i, array in program.constants.items()
@@ -535,11 +247,11 @@ class CpuExecutor:
         """How many barriers a run waits at between launches (besides the one that ends it)."""
         table = (self._functions.ctypes.data, self._arguments.ctypes.data, self._flags.ctypes.data, len(launches))
         if workers > 1:
-            pool = _WorkerPool(self._engine, table, workers)
+            pool = WorkerPool(self._engine, table, workers)
             weakref.finalize(self, pool.close)
             self._go = pool.run
         else:  # one worker: the driver on the calling thread, no pool
-            self._state = _aligned_empty((_STATE_WORDS,), np.dtype(np.int64))
+            self._state = aligned_empty((STATE_WORDS,), np.dtype(np.int64))
             self._state[:] = 0
             p, i64 = ctypes.c_void_p, ctypes.c_int64
             driver = ctypes.CFUNCTYPE(None, p, p, p, i64, i64, i64, p)(self._engine.get_function_address(DRIVER_SYMBOL))
@@ -568,7 +280,7 @@ class CpuExecutor:
         bf16 as ml_dtypes.bfloat16), as fresh arrays."""
         program = self.program
         arrays = self._checked_inputs(inputs)
-        fresh = [_aligned_empty(program.buffers[i].shape, program.buffers[i].numpy_dtype) for i in self._fresh_outputs]
+        fresh = [aligned_empty(program.buffers[i].shape, program.buffers[i].numpy_dtype) for i in self._fresh_outputs]
         addresses = np.array([a.ctypes.data for a in arrays + fresh], dtype=np.uint64)
         with self._lock:
             self._table[self._patch_positions] = addresses[self._patch_slots]
