@@ -14,6 +14,7 @@ import onnxruntime
 import pytest
 
 import compiler
+from tests.models import ocr
 
 _spec = importlib.util.spec_from_file_location("fetch_models", Path(__file__).parents[2] / "scripts/fetch_models.py")
 fetch_models = importlib.util.module_from_spec(_spec)
@@ -48,3 +49,14 @@ def test_trained_ocr_model_matches_onnxruntime_on_the_cpu_target(models_dir, nam
     # Fused: far fewer kernels than the model has (non-constant) ONNX nodes.
     nodes = sum(node.op_type != "Constant" for node in onnx.load(path).graph.node)
     assert len(compiled.kernels) < nodes / 2
+
+
+def test_the_compiled_recognizer_reads_rendered_text(models_dir):
+    """Real inputs: rendered text lines, which the fp32 model compiled for the CPU reads back
+    exactly, as ONNX Runtime does."""
+    pytest.importorskip("PIL", reason="rendering text needs Pillow (in the dev extra)")
+    path = models_dir / "ch_PP-OCRv4_rec_infer.onnx"
+    alphabet = ocr.characters(path)
+    lines = [ocr.render_line(text) for text in ocr.LINES]
+    compiled = compiler.compile(str(path), example_inputs=(lines[0],), target="cpu")
+    assert [ocr.decode(compiled(x)[0], alphabet) for x in lines] == list(ocr.LINES)
