@@ -79,7 +79,7 @@ class ResNetCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _randomize_batch_norms(module: nn.Module) -> None:
+def randomize_batch_norms(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, nn.BatchNorm2d):
             with torch.no_grad():
@@ -92,7 +92,7 @@ def _randomize_batch_norms(module: nn.Module) -> None:
 def resnet_cnn() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
     model = ResNetCNN()
-    _randomize_batch_norms(model)
+    randomize_batch_norms(model)
     return model.eval(), _inputs((2, 3, 16, 16))
 
 
