@@ -66,10 +66,22 @@ _UNARY = {
 }
 
 
+def _in_f64(reference):
+    """`reference` evaluated in f64 for f32 input (the interpreter rounds the result back). numpy's
+    f32 math takes a SIMD or a scalar path by the array's shape and layout, and the two may differ
+    in the last bit (asin of a [1] array vs a 0-d one): then a folded constant would differ from
+    the value the graph computes. Rounded from f64, the result is the same whatever the layout."""
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        return reference(x.astype(np.float64) if x.dtype == np.float32 else x)
+
+    return evaluate
+
+
 def register_unary(name: str, reference, dtypes, flops: int, laws=(), doc: str = "") -> OpDef:
     """Declare an attribute-free unary elementwise op (the output has the input's type)."""
     return register(
-        OpDef(name, OpKind.ELEMENTWISE, ("x",), same_type, reference, dtypes=frozenset(dtypes),
+        OpDef(name, OpKind.ELEMENTWISE, ("x",), same_type, _in_f64(reference), dtypes=frozenset(dtypes),
               laws=frozenset(laws), flops_per_element=flops, doc=doc)
     )  # fmt: skip
 
