@@ -4,6 +4,7 @@ row-major flat indices, and fresh names."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 from ir import DType
@@ -33,8 +34,8 @@ class Unflattened(list):
 
 def flat_index(index: Sequence[Expr], shape: Sequence[int]) -> Expr:
     """The row-major offset of `index` in a tensor of `shape` (dimensions of size 1 add nothing)."""
-    if isinstance(index, Unflattened) and index.shape == tuple(shape):
-        return index.offset
+    if isinstance(index, Unflattened) and index.shape == tuple(shape) and math.prod(shape) != 1:
+        return index.offset  # (a one-element tensor's offset is 0, whatever expression carried it)
     offset: Expr | None = None
     stride = 1
     for position, size in reversed(list(zip(index, shape))):

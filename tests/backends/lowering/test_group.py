@@ -125,3 +125,12 @@ def test_low_precision_values_round_at_each_op():
     y = builder.mul(builder.add(x, x), builder.exp(x))
     graph = builder.build(builder.mean(y, axes=(1,)), builder.cumsum(y, axis=0))
     _check(graph, [_random(3, 4).astype(DType.bf16.numpy)])
+
+
+def test_an_epilogue_on_a_scalar_reduction_reads_offset_zero():
+    # Found by hypothesis: a 0-d max read through a 0-d tile. The row template stores the scalar
+    # at its row variable's offset, the tile reads offset 0: both are the one element.
+    builder = GraphBuilder("scalar_epilogue")
+    x = builder.input("x", ())
+    graph = builder.build(builder.tile(builder.max(x, axes=(), keepdims=False), repeats=()))
+    _check(graph, [np.array(-3.5, np.float32)])
