@@ -1,6 +1,21 @@
 """Loop nests for the ops a group must compute into a buffer: reductions, softmax, norms and
-contractions. Correct first: plain loop nests with scalar accumulators, in the order of
-operations of the op's numpy reference; the CPU speed issue replaces them with tiled ones.
+contractions.
+
+Row templates (reductions over trailing axes, softmax over the last axis, layer/rms/group norm):
+one parallel loop over rows; each statistic of a row is reduced by `_row_reduce` into per-lane
+partials (a VECTORIZED loop over L lanes, lane l summing the row's elements l, l + L, l + 2L, ...
+in a per-lane variable, so L / 16 vector chains run at once), combined by a balanced tree, then
+the row's last `n % L` elements serially. The results are written by a vectorized loop over the
+row with the epilogue at the store. Reductions over other axes that keep the last axis are
+vectorized across it instead (each lane owns a column and sums down it). Layer norm takes two
+passes over its row (the mean, then the centred squares: the reference's order, and a row of a
+few KiB is in L1 for the second pass; one pass of sum and sum of squares cancels badly when
+|mean| >> std, and Welford's per-lane merges cost a division per element); softmax takes three
+(max, sum of exp, write), recomputing exp rather than storing it. Numerics: the summation order
+is the lanes' (not numpy's pairwise one), so sums agree with the reference within n ulps of the
+sum of magnitudes, not bitwise. What has no row form (argmax, softmax over another axis,
+reductions over interleaved axes) keeps the plain loop nests with scalar accumulators in the
+reference's order.
 `TEMPLATES` is the one table of them: it takes in the GEMM micro-kernel of `templates_gemm`
 (matmul, gemm), the windowed ops of `templates_nn` (conv, conv_transpose, pools) and the scans
 of `templates_scan` (cumsum, scatter).
@@ -17,13 +32,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from backends.lowering.expr import const, i64, unflatten
+from backends.lowering.expr import Unflattened, const, i64, unflatten
 from backends.lowering.group import GroupLowering, compute_dtype
-from backends.lowering.templates_gemm import TEMPLATES_GEMM
+from backends.lowering.templates_gemm import TEMPLATES_GEMM, host_vector_bits
 from backends.lowering.templates_nn import TEMPLATES_NN
 from backends.lowering.templates_scan import TEMPLATES_SCAN
 from ir import DType, Node
-from ir.loop import Assign, Binary, Expr, For, Ref, Select, Stmt, Unary
+from ir.loop import Assign, Binary, Expr, For, Load, LoopKind, Ref, Select, Stmt, Store, Unary, Var
 
 
 def _split(shape: Sequence[int], axes: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -58,6 +73,78 @@ def _reduce_loop(lowering: GroupLowering, shape: Sequence[int], reduced: Sequenc
     return [For(var, count, tuple(body(index)))]
 
 
+# -- rows: per-lane partials ---------------------------------------------------------------------
+
+_MIN_VECTOR = 4
+"""Row loops shorter than this stay serial: too few lanes to pay for vector code."""
+
+Element = Callable[[Expr], Expr]
+"""position within a row -> the element there, in the compute dtype."""
+
+
+def _row_lanes(n: int, dtype: DType) -> int:
+    """Lanes of partials for a row of `n`: four host vectors (four independent chains, which
+    hide the add latency), fewer for short rows; 0 (serial) when a row fills no two vectors."""
+    per_vector = max(host_vector_bits() // (8 * max(dtype.itemsize, 1)), 1)
+    for vectors in (4, 1):
+        lanes = min(per_vector * vectors, 64)
+        if n >= 2 * lanes and lanes >= _MIN_VECTOR:
+            return lanes
+    return 0
+
+
+def _tree(op: str, values: Sequence[Expr]) -> Expr:
+    """op over `values` as a balanced tree (log2 depth: the partials combine in a few steps)."""
+    if len(values) == 1:
+        return values[0]
+    half = len(values) // 2
+    return Binary(op, _tree(op, values[:half]), _tree(op, values[half:]))
+
+
+def _row_reduce(lowering: GroupLowering, n: int, op: str, initial: Expr, element: Element) -> tuple[Var, list[Stmt]]:
+    """Statements that leave `op` over element(0 .. n-1) in a fresh variable: lane l of a
+    vectorized loop reduces elements l, l + L, ... in a per-lane variable (no value is carried
+    from one lane iteration to the next, which the vector code generator requires) and stores it
+    to a local buffer of L partials; a balanced tree combines them; the last n % L elements follow."""
+    dtype = initial.dtype
+    result = lowering.var("acc", dtype)
+    lanes = _row_lanes(n, dtype)
+    statements: list[Stmt] = []
+    done = 0
+    if lanes:
+        partials = lowering.scratch((lanes,), dtype)
+        lane, step, partial = lowering.var("lane"), lowering.var("c"), lowering.var("part", dtype)
+        position = Ref(step) * lanes + Ref(lane)
+        accumulate = For(step, n // lanes, (Assign(partial, Binary(op, Ref(partial), element(position))),))
+        fill = (Assign(partial, initial), accumulate, Store(partials, Ref(lane), Ref(partial)))
+        statements.append(For(lane, lanes, fill, LoopKind.VECTORIZED))
+        statements.append(Assign(result, _tree(op, [Load(partials, i64(k)) for k in range(lanes)])))
+        done = n // lanes * lanes
+    else:
+        statements.append(Assign(result, initial))
+    if done < n:
+        r = lowering.var("r")
+        at = Ref(r) + done if done else Ref(r)
+        statements.append(For(r, n - done, (Assign(result, Binary(op, Ref(result), element(at))),)))
+    return result, statements
+
+
+def _row_offset(row: Var, rows: int, n: int, r: Expr) -> Expr:
+    """The flat offset of element r of row `row` of n-element rows."""
+    if rows == 1:
+        return r
+    return Ref(row) * n + r if n > 1 else Ref(row)
+
+
+def _vector_kind(n: int) -> LoopKind:
+    return LoopKind.VECTORIZED if n >= _MIN_VECTOR else LoopKind.SERIAL
+
+
+def _trailing(axes: Sequence[int], rank: int) -> bool:
+    """Whether `axes` (sorted) are the last ones: each row of reduced elements is contiguous."""
+    return list(axes) == list(range(rank - len(axes), rank))
+
+
 # -- reductions ----------------------------------------------------------------------------------
 
 _COMBINE = {"sum": "add", "mean": "add", "prod": "mul", "max": "max", "min": "min"}
@@ -86,6 +173,69 @@ def _global_avg_pool(lowering: GroupLowering, node: Node) -> list[Stmt]:
 
 
 def _reduce(lowering: GroupLowering, node: Node, op: str, axes: Sequence[int], keepdims: bool) -> list[Stmt]:
+    rank = node.inputs[0].type.rank
+    if _trailing(axes, rank):
+        return _reduce_rows(lowering, node, op, axes, keepdims)
+    if axes and rank - 1 not in axes:
+        return _reduce_columns(lowering, node, op, axes, keepdims)
+    return _reduce_serial(lowering, node, op, axes, keepdims)
+
+
+def _reduce_rows(lowering: GroupLowering, node: Node, op: str, axes: Sequence[int], keepdims: bool) -> list[Stmt]:
+    """Trailing axes: one parallel loop over the rows, each reduced by `_row_reduce`."""
+    (x,), (y,) = node.inputs, node.outputs
+    shape = x.type.shape
+    kept, reduced = _split(shape, axes)
+    dtype = compute_dtype(y.type.dtype)
+    rows, n = math.prod(shape[a] for a in kept), math.prod(shape[a] for a in reduced)
+    row = lowering.var("row")
+    kept_index = unflatten(Ref(row), [shape[a] for a in kept])
+
+    def at(r: Expr) -> Expr:
+        within = unflatten(r, [shape[a] for a in reduced])
+        return lowering.compute(x, Unflattened([*kept_index, *within], _row_offset(row, rows, n, r), shape))
+
+    acc, statements = _row_reduce(lowering, n, _COMBINE[op], _initial(op, dtype), at)
+    result: Expr = Ref(acc)
+    if op == "mean":
+        result = result / const(n, dtype)
+    out = Unflattened(_output_index(kept_index, len(shape), kept, keepdims), Ref(row), y.type.shape)
+    return [For(row, rows, (*statements, *lowering.store(y, out, result)))]
+
+
+def _reduce_columns(lowering: GroupLowering, node: Node, op: str, axes: Sequence[int], keepdims: bool) -> list[Stmt]:
+    """The last axis is kept: each lane of a vectorized loop over it owns one column and reduces
+    down the reduced axes in their order. The parallel loop runs over the other kept positions and
+    chunks of 64 or 16 columns (so that a single [R, C] -> [C] reduction still spreads over threads)."""
+    (x,), (y,) = node.inputs, node.outputs
+    shape = x.type.shape
+    kept, reduced = _split(shape, axes)
+    dtype = compute_dtype(y.type.dtype)
+    width = shape[-1]
+    outer = [shape[a] for a in kept[:-1]]
+    chunk = next((c for c in (64, 16) if width % c == 0 and width > c), width)
+    chunks = width // chunk
+    t, column = lowering.var("t"), lowering.var("col")
+    outer_index = unflatten(Ref(t) // chunks if chunks > 1 else Ref(t), outer)
+    start = (Ref(t) % chunks) * chunk if chunks > 1 else i64(0)
+    position = start + Ref(column) if chunks > 1 else Ref(column)
+    acc = lowering.var("acc", dtype)
+
+    def combine(r: list[Expr]) -> list[Stmt]:
+        element = lowering.compute(x, _merge(len(shape), kept, [*outer_index, position], reduced, r))
+        return [Assign(acc, Binary(_COMBINE[op], Ref(acc), element))]
+
+    result: Expr = Ref(acc)
+    if op == "mean":
+        result = result / const(math.prod(shape[a] for a in reduced), dtype)
+    out = _output_index([*outer_index, position], len(shape), kept, keepdims)
+    body = (Assign(acc, _initial(op, dtype)), *_reduce_loop(lowering, shape, reduced, combine),
+            *lowering.store(y, out, result))  # fmt: skip
+    return [For(t, math.prod(outer) * chunks, (For(column, chunk, body, _vector_kind(chunk)),))]
+
+
+def _reduce_serial(lowering: GroupLowering, node: Node, op: str, axes: Sequence[int], keepdims: bool) -> list[Stmt]:
+    """Any axes: a scalar accumulator per output element, in the reference's order."""
     (x,), (y,) = node.inputs, node.outputs
     shape = x.type.shape
     kept, reduced = _split(shape, axes)
@@ -145,6 +295,41 @@ def _arg_reduction(lowering: GroupLowering, node: Node) -> list[Stmt]:
 
 
 def _softmax(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    """Over the last axis: per row the peak (by `_row_reduce`), exp(x - peak) into a row of scratch
+    and its sum, then a vectorized write of exp / sum; log_softmax sums exp(x - peak) and writes
+    x - peak - log(sum)."""
+    (x,), (y,) = node.inputs, node.outputs
+    shape, axis = x.type.shape, node.attrs["axis"] % x.type.rank
+    if axis != len(shape) - 1:
+        return _softmax_serial(lowering, node)
+    dtype = compute_dtype(x.type.dtype)
+    rows, n = math.prod(shape[:-1]), shape[-1]
+    row = lowering.var("row")
+    kept_index = unflatten(Ref(row), shape[:-1])
+
+    def index(r: Expr) -> Unflattened:
+        return Unflattened([*kept_index, r], _row_offset(row, rows, n, r), shape)
+
+    def at(r: Expr) -> Expr:
+        return lowering.compute(x, index(r))
+
+    peak, find_peak = _row_reduce(lowering, n, "max", const(-math.inf, dtype), at)
+    r = lowering.var("r")
+    if node.op == "softmax":  # exp once per element, kept in a row of scratch (L1) for the write
+        exps, e = lowering.scratch((n,), dtype), lowering.var("e")
+        add_up = [For(e, n, (Store(exps, Ref(e), Unary("exp", at(Ref(e)) - Ref(peak))),), _vector_kind(n))]
+        total, sum_exps = _row_reduce(lowering, n, "add", const(0, dtype), lambda q: Load(exps, q))
+        add_up += sum_exps
+        result = Load(exps, Ref(r)) / Ref(total)
+    else:
+        total, add_up = _row_reduce(lowering, n, "add", const(0, dtype), lambda q: Unary("exp", at(q) - Ref(peak)))
+        result = at(Ref(r)) - Ref(peak) - Unary("log", Ref(total))
+    write = For(r, n, tuple(lowering.store(y, index(Ref(r)), result)), _vector_kind(n))
+    return [For(row, rows, (*find_peak, *add_up, write))]
+
+
+def _softmax_serial(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    """Over any axis: scalar accumulators per row, in the reference's order."""
     (x,), (y,) = node.inputs, node.outputs
     shape, axis = x.type.shape, node.attrs["axis"] % x.type.rank
     kept = [a for a in range(len(shape)) if a != axis]
@@ -175,53 +360,52 @@ IndexMap = Callable[[Sequence[Expr], Sequence[Expr]], list[Expr]]
 def _standardize(lowering: GroupLowering, node: Node, sets: Sequence[int], members: Sequence[int],
                  x_at: IndexMap, affine_at: IndexMap) -> list[Stmt]:  # fmt: skip
     """The statements of layer_norm, rms_norm and group_norm: for each set of elements normalised
-    together (`sets` is their grid, `members` the grid within one), the statistics in the
-    reference's order (mean = sum / count; the variance of the centred values; then divide by
-    sqrt(variance + epsilon)), and the affine inputs (weight multiplies, bias adds) at
-    `affine_at`. The results go to the output at `x_at`, the position they were read from."""
+    together (`sets` is their grid, `members` the grid within one; a set's members are contiguous,
+    set s at s * |members|), the statistics by `_row_reduce` in the reference's order (mean = sum /
+    count; the variance of the centred values, a second pass over the set while it is in cache;
+    then divide by sqrt(variance + epsilon)), and the affine inputs (weight multiplies, bias adds)
+    at `affine_at`. The results go to the output at `x_at`, the position they were read from, by a
+    vectorized loop."""
     x, *affine = node.inputs
     (y,) = node.outputs
     dtype = compute_dtype(x.type.dtype)
-    count = const(math.prod(members), dtype)
+    size, count = math.prod(sets), math.prod(members)
     epsilon = const(node.attrs["epsilon"], dtype)
+    s = lowering.var("set")
+    set_index = unflatten(Ref(s), sets)
 
-    def body(set_index: list[Expr]) -> list[Stmt]:
-        def at(r: Sequence[Expr]) -> Expr:
-            return lowering.compute(x, x_at(set_index, r))
+    def index(r: Expr) -> Unflattened:
+        return Unflattened(x_at(set_index, unflatten(r, members)), _row_offset(s, size, count, r), x.type.shape)
 
-        def over_members(step) -> list[Stmt]:
-            return _reduce_loop(lowering, members, range(len(members)), step)
+    def at(r: Expr) -> Expr:
+        return lowering.compute(x, index(r))
 
-        statements: list[Stmt] = []
-        if node.op == "rms_norm":
-            squares, start = lowering.accumulate("sq", dtype, const(0, dtype))
-            statements += [start, *over_members(lambda r: [Assign(squares, Ref(squares) + at(r) * at(r))])]
-            scale, set_scale = lowering.accumulate("rms", dtype, Unary("sqrt", Ref(squares) / count + epsilon))
-            center: Expr | None = None
-        else:
-            total, start = lowering.accumulate("sum", dtype, const(0, dtype))
-            statements += [start, *over_members(lambda r: [Assign(total, Ref(total) + at(r))])]
-            mean, set_mean = lowering.accumulate("mean", dtype, Ref(total) / count)
-            squares, start_squares = lowering.accumulate("sq", dtype, const(0, dtype))
+    def deviation(statistic: Expr) -> tuple[Var, Stmt]:
+        return lowering.accumulate("std", dtype, Unary("sqrt", statistic / const(count, dtype) + epsilon))
 
-            def add_square(r: Sequence[Expr]) -> list[Stmt]:
-                centered = at(r) - Ref(mean)
-                return [Assign(squares, Ref(squares) + centered * centered)]
+    if node.op == "rms_norm":
+        squares, statements = _row_reduce(lowering, count, "add", const(0, dtype), lambda r: at(r) * at(r))
+        scale, set_scale = deviation(Ref(squares))
+        center: Expr | None = None
+    else:
+        total, statements = _row_reduce(lowering, count, "add", const(0, dtype), at)
+        mean, set_mean = lowering.accumulate("mean", dtype, Ref(total) / const(count, dtype))
 
-            statements += [set_mean, start_squares, *over_members(add_square)]
-            scale, set_scale = lowering.accumulate("std", dtype, Unary("sqrt", Ref(squares) / count + epsilon))
-            center = Ref(mean)
+        def square(r: Expr) -> Expr:
+            centered = at(r) - Ref(mean)
+            return centered * centered
 
-        def write(r: Sequence[Expr]) -> list[Stmt]:
-            value = (at(r) if center is None else at(r) - center) / Ref(scale)
-            for position, parameter in enumerate(affine):  # weight, then bias; weight and bias may be one value
-                element = lowering.compute(parameter, affine_at(set_index, r))
-                value = value * element if position == 0 else value + element
-            return lowering.store(y, x_at(set_index, r), value)
-
-        return [*statements, set_scale, *over_members(write)]
-
-    return lowering.loops(sets, body)
+        squares, second_pass = _row_reduce(lowering, count, "add", const(0, dtype), square)
+        statements = [*statements, set_mean, *second_pass]
+        scale, set_scale = deviation(Ref(squares))
+        center = Ref(mean)
+    r = lowering.var("r")
+    value = (at(Ref(r)) if center is None else at(Ref(r)) - center) / Ref(scale)
+    for position, parameter in enumerate(affine):  # weight, then bias; weight and bias may be one value
+        element = lowering.compute(parameter, affine_at(set_index, unflatten(Ref(r), members)))
+        value = value * element if position == 0 else value + element
+    write = For(r, count, tuple(lowering.store(y, index(Ref(r)), value)), _vector_kind(count))
+    return [For(s, size, (*statements, set_scale, write))]
 
 
 def _trailing_norm(lowering: GroupLowering, node: Node) -> list[Stmt]:
