@@ -15,6 +15,11 @@ cast stays and reads the re-laid constant. A constant that nothing else reads an
 dropped. Only the CPU pipeline runs this pass (`passes.pipelines`): other targets read B their
 own way.
 
+Convolution weights are left as they are stored: the CPU's implicit GEMM
+(`backends.lowering.templates_conv`) takes the weight as the micro-kernel's A, and a conv weight
+[Cout, Cin/g, *kernel] already is row-major [M, K] (a transposed conv's is read by index
+arithmetic once per k step); B is the input, gathered into a panel while the kernel runs.
+
 Numerics: exact. A transposed copy holds the same numbers; every product and sum is the same.
 """
 

@@ -110,3 +110,15 @@ def test_only_the_cpu_pipeline_runs_layout():
     assert "layout" not in [p.name for p in default_pipeline("reference", 2)]
     assert "layout" not in [p.name for p in default_pipeline("cpu", 1)]
     assert parse_pipeline("layout")[0].name == "layout"
+
+
+def test_convolution_weights_are_left_as_stored():
+    """The conv lowering reads a conv weight [Cout, Cin/g, *kernel] as its GEMM's A [M, K] in place
+    (and a transposed conv's by index): the pass must not re-lay them."""
+    builder = GraphBuilder("convs")
+    x = builder.input("x", (1, 4, 6, 6), DType.f32)
+    weight = builder.constant(np.ones((4, 4, 3, 3), np.float32), "w")
+    up = builder.constant(np.ones((4, 2, 2, 2), np.float32), "up")
+    y = builder.conv_transpose(builder.conv(x, weight, pads=(1, 1, 1, 1)), up, strides=(2, 2))
+    graph = builder.build(y)
+    assert str(LAYOUT.run(graph)) == str(graph)
