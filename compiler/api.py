@@ -158,13 +158,16 @@ def compile(
     *,
     opt_level: int = 2,
     precision: str = "fp32",
+    calibration: Sequence[Sequence[Any]] | None = None,
     debug: bool = False,
     threads: int | None = None,
     arch: str | Sequence[str] | None = None,
 ) -> CompiledModel:
     """Compile `model` (a torch `nn.Module` with `example_inputs`, an ONNX `ModelProto` or path,
     a `.kiln` path, or an `ir.Graph`) for `target`, running the target's pipeline at
-    `opt_level` (0-3) and `precision` ("fp32", "bf16", "fp16"). `debug` verifies the graph
+    `opt_level` (0-3) and `precision` ("fp32", "bf16", "fp16", or int8: "int8-weight", "int8-dynamic",
+    "int8-static"; `calibration` is a list of input sets like `example_inputs` that static int8 takes its
+    activation ranges from; the int8 report is `.stats["quantization"]`). `debug` verifies the graph
     after every pass; `threads` sets the CPU target's worker count (default: the CPUs this process
     may use); `arch` the CUDA architectures to compile cubins for (default sm_80 and sm_90)."""
     if target not in TARGETS:
@@ -175,8 +178,12 @@ def compile(
     steps = default_pipeline(target, opt_level, precision)
     if example_inputs is not None:
         steps = with_example_inputs(steps, imported, example_inputs)
+    reports: list[Any] = []
+    steps = with_calibration(steps, imported, calibration, reports)
     graph = PassManager(steps, instruments=[statistics], verify_each=debug).run(imported.graph)
     compiled = CompiledModel(imported, target, graph, {"passes": statistics.records})
+    if reports:
+        compiled.stats["quantization"] = reports[-1]
     if target != "reference" and opt_level < 2:  # compiled targets run kernels: fuse is what makes them
         compiled.graph = graph = PassManager(parse_pipeline("fuse")).run(graph)
     if target == "cpu":
@@ -230,6 +237,22 @@ def with_example_inputs(steps: list[Pass], imported: ImportedModel, example_inpu
         if "example_inputs" in {f.name for f in dataclasses.fields(step)}
         else step
         for step in steps
+    ]
+
+
+def with_calibration(
+    steps: list[Pass], imported: ImportedModel, calibration: Sequence[Sequence[Any]] | None, reports: list[Any]
+) -> list[Pass]:
+    """Hand the calibration input sets, and a list to put its report in, to the quantize pass."""
+    sets = None
+    if calibration is not None:
+        sets = tuple(check_inputs(imported.graph, imported.flatten_inputs(tuple(inputs), {})) for inputs in calibration)
+    takes = ["calibration" in {f.name for f in dataclasses.fields(step)} for step in steps]
+    if sets is not None and not any(takes):
+        raise ValueError("calibration= is for int8 precisions (precision='int8-static' takes its ranges from it)")
+    return [
+        dataclasses.replace(step, calibration=sets, reports=reports) if taken else step
+        for step, taken in zip(steps, takes)
     ]
 
 

@@ -21,7 +21,15 @@ _CLEANUP = [
     "cse",  # merge nodes that compute the same thing
     "prune_dead_nodes",  # drop what the steps above left unused
 ]
-_PRECISION = {"fp32": None, "bf16": "lower_precision{dtype=bf16}", "fp16": "lower_precision{dtype=f16}"}
+_PRECISION = {
+    "fp32": None,
+    "bf16": "lower_precision{dtype=bf16}",
+    "fp16": "lower_precision{dtype=f16}",
+    # int8 (passes.quantize): matmuls and linear layers on int8 weights; static takes `calibration`
+    "int8-weight": "quantize{mode=weight}",
+    "int8-dynamic": "quantize{mode=dynamic}",
+    "int8-static": "quantize{mode=static}",
+}
 
 
 def default_pipeline(target: str = "reference", opt_level: int = 2, precision: str = "fp32") -> list[Pass]:
@@ -36,7 +44,9 @@ def default_pipeline(target: str = "reference", opt_level: int = 2, precision: s
     steps = ["canonicalize{exact_only=true}" if opt_level == 1 else "canonicalize", *_CLEANUP]
     if opt_level >= 2:
         if _PRECISION[precision]:
-            steps += [_PRECISION[precision], "cse", "prune_dead_nodes"]  # lowering leaves cast pairs to merge
+            # lowering leaves cast pairs, quantizing zero-point constants, to merge; no fold_constants after
+            # quantize, which would turn a weight-only model's int8 weights back into f32 ones
+            steps += [_PRECISION[precision], "cse", "prune_dead_nodes"]
         if target == "cpu":
             steps.append("layout")  # after lowering precision, so a weight's cast follows it
         steps.append("fuse")

@@ -86,6 +86,21 @@ def _batch_norm(x: Sequence[Expr], attrs: Any, dtype: DType) -> Expr:
     return normalized * scale + bias
 
 
+def _quantize_linear(x: Sequence[Expr], attrs: Any, dtype: DType) -> Expr:
+    # saturate(round_half_even(x / scale) + zero_point), in the scale's float type as the reference;
+    # the clamp lets nan through and the saturating float-to-int cast makes it 0, as the reference does.
+    value, scale, zero_point = x
+    low, high = (-128, 127) if dtype == DType.i8 else (0, 255)
+    rounded = Unary("round", value / scale) + zero_point.cast(value.dtype)
+    return rounded.max(const(low, value.dtype)).min(const(high, value.dtype)).cast(dtype)
+
+
+def _dequantize_linear(x: Sequence[Expr], attrs: Any, dtype: DType) -> Expr:
+    # (x - zero_point) * scale: the difference exact in i32 (an i8 one would wrap), one multiply.
+    value, scale, zero_point = x
+    return (value.cast(DType.i32) - zero_point.cast(DType.i32)).cast(dtype) * scale
+
+
 def _arange_element(index: Expr, attrs: Any, dtype: DType) -> Expr:
     # start + i * delta in f64, rounded once to the dtype, as the reference does
     position = Cast(index, DType.f64) * const(attrs["delta"], DType.f64) + const(attrs["start"], DType.f64)
@@ -153,6 +168,8 @@ SCALAR: dict[str, Formula] = {
     "clip": _clip,
     "cast": lambda x, attrs, dtype: x[0].cast(dtype),
     "batch_norm": _batch_norm,
+    "quantize_linear": _quantize_linear,
+    "dequantize_linear": _dequantize_linear,
     "full": lambda x, attrs, dtype: const(attrs["value"], dtype),
 }
 """op -> formula of one output element. `arange` needs the element's position: `ARANGE`."""

@@ -14,6 +14,7 @@ from compiler.frontends.onnx_context import NodeContext
 from compiler.frontends.onnx_ops_attention import ATTENTION_OPS
 from compiler.frontends.onnx_ops_elementwise import ELEMENTWISE_OPS
 from compiler.frontends.onnx_ops_nn import NN_OPS
+from compiler.frontends.onnx_ops_quant import QUANT_OPS
 from compiler.frontends.onnx_ops_tensor import TENSOR_OPS
 from compiler.frontends.onnx_resize import resize
 
@@ -29,7 +30,7 @@ def _join(*tables: dict[str, Callable[[NodeContext], object]]) -> dict[str, Call
 
 
 ONNX_OPS: dict[str, Callable[[NodeContext], object]] = _join(
-    ELEMENTWISE_OPS, NN_OPS, TENSOR_OPS, ATTENTION_OPS, {"Resize": resize}
+    ELEMENTWISE_OPS, NN_OPS, TENSOR_OPS, ATTENTION_OPS, QUANT_OPS, {"Resize": resize}
 )
 """ONNX op type -> mapping. A mapping returns the IR value of the node's output, or a list with
 one entry per output (None for an output it cannot give, which is reported as unsupported)."""

@@ -10,6 +10,7 @@ from ir.ops import (  # noqa: F401  (imported to register their ops)
     movement,
     normalization,
     pooling,
+    quantization,
     reduction,
     region,
     source,

@@ -401,3 +401,61 @@ def _attention(d: Drawing, op: OpDef):
 
 def sampler_for(op: OpDef) -> Sampler:
     return SAMPLERS.get(op.name, sample_generic)
+
+
+# -- quantization ----------------------------------------------------------------------------
+# The quantized types (i8, u8) are not among the default drawn dtypes: quantize_linear's results
+# are drawn whatever the dtypes (`strategies.QUANTIZING_OPS`), and the readers of quantized values
+# take one of them or, when none was drawn, a constant.
+
+_QUANTIZED = (DType.i8, DType.u8)
+
+
+def _quantized_operand(d: Drawing, shape: Shape, name: str) -> Value:
+    """A drawn i8/u8 value of rank >= 1 if there is one, else a constant over the type's full range."""
+    built = [v for v in reversed(d.pool) if v.type.dtype in _QUANTIZED and v.type.rank >= 1]
+    if built and d.boolean():
+        return d.choice(built)
+    dtype = d.choice(_QUANTIZED)
+    info = np.iinfo(dtype.numpy)
+    return d.array_constant(d.rng.integers(info.min, info.max + 1, shape).astype(dtype.numpy), name)
+
+
+def _quantization_parameters(d: Drawing, like: Shape, scale_dtype: DType, point_dtype: DType) -> list[Value]:
+    """A scale (positive) and a zero point per tensor, per last axis or per leading axis of `like`."""
+    forms = [()] + ([(like[-1],), (like[0],) + (1,) * (len(like) - 1)] if like else [])
+    shape = d.choice(forms)
+    scale = d.rng.uniform(0.01, 0.5, shape).astype(scale_dtype.numpy)
+    info = np.iinfo(point_dtype.numpy)
+    point = d.rng.integers(info.min, info.max + 1, shape).astype(point_dtype.numpy)
+    return [d.array_constant(scale, "scale"), d.array_constant(point, "zero_point")]
+
+
+@sampler("quantize_linear")
+def _quantize_linear(d: Drawing, op: OpDef):
+    x = _float_operand(d, op)
+    return [x, *_quantization_parameters(d, x.type.shape, x.type.dtype, d.choice(_QUANTIZED))], {}
+
+
+@sampler("dequantize_linear")
+def _dequantize_linear(d: Drawing, op: OpDef):
+    x = _quantized_operand(d, d.some_shape() or (d.integer(1, d.max_dim),), "q")
+    scale_dtype = d.choice(sorted(d.dtypes & FLOAT_DTYPES, key=lambda t: t.value) or [DType.f32])
+    return [x, *_quantization_parameters(d, x.type.shape, scale_dtype, x.type.dtype)], {}
+
+
+@sampler("matmul_integer")
+def _matmul_integer(d: Drawing, op: OpDef):
+    a = _quantized_operand(d, (d.integer(1, d.max_dim), d.integer(1, d.max_dim)), "a")
+    k, n = a.type.shape[-1], d.integer(1, d.max_dim)
+    b = _quantized_operand(d, (k, n), "b")
+    if b.type.rank != 2 or b.type.shape[0] != k:
+        raise Skip
+    inputs = [a, b]
+    if d.boolean():  # zero points: per tensor for a, per tensor or per column for b
+        points = ((a, ()), (b, d.choice([(), (b.type.shape[-1],)])))
+        for operand, shape in points:
+            info = np.iinfo(operand.type.dtype.numpy)
+            array = d.rng.integers(info.min, info.max + 1, shape).astype(operand.type.dtype.numpy)
+            inputs.append(d.array_constant(array, "zero_point"))
+    return inputs, {}

@@ -33,6 +33,10 @@ MAX_ELEMENTS = 2048
 
 _INPUT_NAMES = ("x", "y", "z")
 
+QUANTIZING_OPS = frozenset({"quantize_linear"})
+"""Ops whose results (i8, u8) are drawn whatever `dtypes` says, so that every graph may hold a
+quantization: only `dequantize_linear` and `matmul_integer` read such values (`ir.testing.operands`)."""
+
 
 def drawable_ops() -> list[str]:
     """Every op the strategy may draw: the whole table except `const` (constants are drawn apart)
@@ -116,7 +120,8 @@ def _apply_some_op(draw: st.DrawFn, drawing: Drawing, names: list[str]) -> tuple
         types = op.infer_types(tuple(v.type for v in inputs), normalized)
     except (Skip, ShapeError):
         return [], []
-    if any(t.dtype not in drawing.dtypes or t.numel > MAX_ELEMENTS or 0 in t.shape for t in types):
+    allowed = drawing.dtypes | ({DType.i8, DType.u8} if op.name in QUANTIZING_OPS else set())
+    if any(t.dtype not in allowed or t.numel > MAX_ELEMENTS or 0 in t.shape for t in types):
         return [], []  # zero-size values would make reductions like max undefined downstream
     source = f"model.py:{draw(st.integers(1, 99))}" if draw(st.integers(0, 7)) == 0 else None
     result = drawing.builder.op(op.name, *inputs, source=source, **attrs)
