@@ -52,6 +52,9 @@ CALLS = {"fma": "fma"}
 """Target intrinsics (`Call` names) on floats and the C function each becomes (float adds an `f`)."""
 SHUFFLES = {"shfl_xor": "kiln_shfl_xor", "shfl_down": "kiln_shfl_down", "shfl_idx": "kiln_shfl_idx"}
 """Warp shuffles (`ir.loop.nodes.WARP_SHUFFLES`) and the prelude function each becomes."""
+MMA = {"mma_m16n8k16_f16": ("kiln_mma_m16n8k16_f16", DType.f16),
+       "mma_m16n8k16_bf16": ("kiln_mma_m16n8k16_bf16", DType.bf16)}  # fmt: skip
+"""Tensor-core `Call`s: the prelude function each becomes and the dtype of its A and B operands."""
 SHUFFLED_DTYPES = frozenset({DType.f64, DType.f32, DType.f16, DType.bf16, DType.i64, DType.i32})
 """What a shuffle carries: f16 and bf16 as their float registers."""
 

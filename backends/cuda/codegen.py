@@ -36,6 +36,7 @@ from backends.cuda.c_syntax import (
     LOGICAL,
     LOW_PRECISION_ROUND,
     MATH,
+    MMA,
     MULTIPLICATIVE,
     REGISTER_TYPES,
     RESERVED,
@@ -123,10 +124,13 @@ class KernelPrinter:
             for buffer in kernel.params
         )
         threads = math.prod(block)
+        # (threads, 1): one resident block per SM is enough, so ptxas may give each thread up to
+        # 65536 / threads registers; with the thread count alone it caps small blocks at 32-128
+        # registers and spills the tensor-core tiles' fragments.
         header = [
             _comment(kernel, grid, block),
             '#include "prelude.h"\n\n',
-            f'extern "C" __global__ void __launch_bounds__({threads}) {kernel.name}(\n    {params}) {{\n',
+            f'extern "C" __global__ void __launch_bounds__({threads}, 1) {kernel.name}(\n    {params}) {{\n',
         ]
         for buffer in kernel.locals:
             self._declare_local(buffer)
@@ -151,7 +155,15 @@ class KernelPrinter:
     # -- statements -----------------------------------------------------------------------------
 
     def body(self, statements: Sequence[Stmt]) -> None:
-        for stmt in statements:
+        skip = 0
+        for position, stmt in enumerate(statements):
+            if skip:
+                skip -= 1
+                continue
+            if _mma_product(statements, position):  # four Assigns of one tensor-core product: one call
+                _print_mma_x4(self, statements[position : position + 4])
+                skip = 3
+                continue
             printer = _STATEMENTS.get(type(stmt))
             if printer is None:
                 raise self.fail(f"unknown statement {stmt!r}")
@@ -251,6 +263,28 @@ def _print_if(p: KernelPrinter, stmt: If) -> None:
 
 def _print_barrier(p: KernelPrinter, _stmt: Barrier) -> None:
     p.line("__syncthreads();")
+
+
+def _mma_product(statements: Sequence[Stmt], position: int) -> bool:
+    """Whether statements[position:position + 4] assign elements 0..3 of one MMA (same operands,
+    none of them among the variables assigned): the device computes all four in one instruction."""
+    group = statements[position : position + 4]
+    if len(group) < 4 or not all(isinstance(s, Assign) and isinstance(s.value, Call) for s in group):
+        return False
+    calls = [s.value for s in group]
+    first = calls[0]
+    if first.name not in MMA or any(c.name != first.name or c.args[:-1] != first.args[:-1] for c in calls):
+        return False
+    if [c.args[-1] for c in calls] != [Const(e, DType.i32) for e in range(4)]:
+        return False
+    return not any(Ref(s.var) in first.args for s in group)
+
+
+def _print_mma_x4(p: KernelPrinter, group: Sequence[Stmt]) -> None:
+    call = group[0].value
+    p.expr(call)  # validates the operands
+    outputs = ", ".join(p.name(s.var) for s in group)
+    p.line(f"{MMA[call.name][0]}_x4({outputs}, {', '.join(p.expr(a) for a in call.args[:-1])});")
 
 
 _STATEMENTS: dict[type, Callable[[KernelPrinter, Stmt], None]] = {
@@ -464,6 +498,12 @@ def _print_call(p: KernelPrinter, expr: Call) -> Printed:
         if dtype not in SHUFFLED_DTYPES or value.dtype != dtype or operand.dtype != DType.i32:
             raise p.fail(f"{name} carries f64/f32/f16/bf16/i64/i32 with an i32 lane operand, not {dtype}")
         return f"{SHUFFLES[name]}({p.expr(value)}, {p.expr(operand)})", ATOM
+    if name in MMA:  # 8 A and 4 B elements (f16/bf16 values in float registers), 4 C (f32), D's index
+        function, operand = MMA[name]
+        dtypes = [a.dtype for a in args]
+        if dtypes != [operand] * 12 + [DType.f32] * 4 + [DType.i32] or dtype != DType.f32:
+            raise p.fail(f"{name} takes 12 {operand} operands, 4 f32 and an i32 index, and gives f32")
+        return f"{function}({', '.join(p.expr(a) for a in args)})", ATOM
     if name not in CALLS or not dtype.is_float or any(a.dtype != dtype for a in args):
         raise p.fail(f"no CUDA intrinsic {name}<{dtype}> (known: {', '.join(sorted(CALLS))} on floats)")
     # One rounding to f16/bf16, after the fused operation.

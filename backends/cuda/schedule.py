@@ -26,8 +26,10 @@ loop, the block the extent of its THREAD loop; the printer reads them for `__lau
 the runtime for the launch.
 
 `schedule_group` is the entry point for a `fused` node: a GPU template
-(`backends.cuda.templates_gpu`: row reductions with warp shuffles, pointwise) where one fits the
-group, this generic schedule of the CPU lowering otherwise.
+(`backends.cuda.templates_gpu`: row reductions with warp shuffles, pointwise;
+`templates_gpu_attention`: fused flash-style attention; `templates_gpu_gemm`: matmul/gemm tiles,
+FMA for f32, tensor cores for f16/bf16) where one fits the group, this generic
+schedule of the CPU lowering otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from backends.cuda.templates_gpu import MAX_BLOCKS, gpu_template
+from backends.cuda.templates_gpu_attention import attention_template
+from backends.cuda.templates_gpu_gemm import gemm_template
 from backends.lowering.group import lower_group
 from ir import Node, print_graph
 from ir.loop.lockstep import Dim3, launch_dims
@@ -73,7 +77,11 @@ def schedule_group(
     power of two; above 32, a block per row) and `max_blocks` the pointwise grid (tests use both
     to reach the block reduction and the grid stride on small shapes)."""
     source = print_graph(node.attrs["body"], max_constant_elements=4)
-    templated = gpu_template(node, name, source, threads_per_block, threads_per_row, max_blocks)
+    templated = (
+        gemm_template(node, name, source)
+        or attention_template(node, name, source, threads_per_row)
+        or gpu_template(node, name, source, threads_per_block, threads_per_row, max_blocks)
+    )
     if templated is not None:
         kernel, template = templated
         grid, block = launch_dims(kernel)

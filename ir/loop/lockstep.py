@@ -14,7 +14,10 @@ the constructs that need threads together their meaning:
 - SHARED buffers are one array per block (fresh, zeroed, for each block); LOCAL buffers and
   variables are per thread; GLOBAL buffers are the caller's arrays.
 - Warp shuffles (`Call`s named in `ir.loop.nodes.WARP_SHUFFLES`) exchange values among the 32
-  lanes of each warp; every lane of a warp must take part.
+  lanes of each warp; every lane of a warp must take part. So must the tensor-core MMA
+  (`mma_m16n8k16_f16`/`_bf16`), which assembles each warp's A, B and C from its lanes' fragments
+  by the PTX ISA layouts (`A_FRAGMENT`, `B_FRAGMENT`, `C_FRAGMENT`): a schedule that holds a
+  fragment element at the wrong place computes a wrong product here, as it would on the device.
 - Loads and stores are bounds-checked (the failing block and thread are named), and with
   `check_races` a data race is reported (`RaceError`, naming the buffer and the element): two
   threads of a block touching one element between two barriers where at least one writes, or two
@@ -29,10 +32,11 @@ node per statement executed, for the whole block: tests use small shapes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from ir.dtype import DType
 from ir.errors import InterpreterError
 from ir.loop.interpreter import Evaluator, bind_params
 from ir.loop.nodes import (
@@ -42,6 +46,7 @@ from ir.loop.nodes import (
     Barrier,
     Buffer,
     Call,
+    Const,
     Expr,
     For,
     If,
@@ -293,19 +298,12 @@ class _Block(Evaluator):
         return np.where(chosen, *sides)
 
     def call(self, expr: Call) -> np.ndarray:
+        if expr.name in MMA_OPERANDS:
+            return self.mma(expr)
         if expr.name not in WARP_SHUFFLES:
             return super().call(expr)
         value, operand = (self.full(self.eval(argument)) for argument in expr.args)
-        if self.threads % WARP_SIZE:
-            raise self.fail(f"{expr.name} in a block of {self.threads} threads, not whole warps of {WARP_SIZE}")
-        warps = self.active.reshape(-1, WARP_SIZE)
-        partial = warps.any(axis=1) & ~warps.all(axis=1)
-        if partial.any():
-            warp = int(np.flatnonzero(partial)[0])
-            raise DivergenceError(
-                f"kernel {self.kernel.name}: {expr.name} in block {self.index} is executed by "
-                f"{int(warps[warp].sum())} of the {WARP_SIZE} lanes of warp {warp}; every lane must take part"
-            )
+        self.whole_warps(expr.name)
         thread = np.arange(self.threads, dtype=np.int64)
         lane, operand = thread % WARP_SIZE, operand.astype(np.int64)
         match expr.name:
@@ -317,6 +315,75 @@ class _Block(Evaluator):
                 target = operand % WARP_SIZE
         source = np.where((target >= 0) & (target < WARP_SIZE), thread - lane + target, thread)
         return value[source]
+
+    def whole_warps(self, name: str) -> None:
+        """Check that every lane of each warp with an active lane executes the collective `name`."""
+        if self.threads % WARP_SIZE:
+            raise self.fail(f"{name} in a block of {self.threads} threads, not whole warps of {WARP_SIZE}")
+        warps = self.active.reshape(-1, WARP_SIZE)
+        partial = warps.any(axis=1) & ~warps.all(axis=1)
+        if partial.any():
+            warp = int(np.flatnonzero(partial)[0])
+            raise DivergenceError(
+                f"kernel {self.kernel.name}: {name} in block {self.index} is executed by "
+                f"{int(warps[warp].sum())} of the {WARP_SIZE} lanes of warp {warp}; every lane must take part"
+            )
+
+    def mma(self, expr: Call) -> np.ndarray:
+        """`mma_m16n8k16_*`: each warp multiplies the 16 x 16 A and 16 x 8 B its lanes hold and adds
+        the 16 x 8 C; each lane receives element `index` of its D fragment (see `MMA_OPERANDS`)."""
+        operand = MMA_OPERANDS[expr.name]
+        *fragments, index = expr.args
+        count = len(A_FRAGMENT) + len(B_FRAGMENT) + len(C_FRAGMENT)
+        wrong = [a.dtype for a in fragments[:12] if a.dtype != operand] + [
+            a.dtype for a in fragments[12:] if a.dtype != DType.f32
+        ]
+        if len(fragments) != count or wrong or not isinstance(index, Const) or not 0 <= int(index.value) < 4:
+            raise self.fail(f"{expr.name} takes 8 A and 4 B elements ({operand}), 4 C elements (f32) and a "
+                            f"constant index 0..3 of D; got {len(expr.args)} operands")  # fmt: skip
+        self.whole_warps(expr.name)
+        values = [self.full(self.eval(a)).astype(np.float32).reshape(-1, WARP_SIZE) for a in fragments]
+        warps = values[0].shape[0]
+        a, b, c = (
+            np.zeros((warps, 16, 16), np.float32),
+            np.zeros((warps, 16, 8), np.float32),
+            np.zeros((warps, 16, 8), np.float32),
+        )
+        lanes = np.arange(WARP_SIZE)
+        held = iter(values)
+        for matrix, layout in ((a, A_FRAGMENT), (b, B_FRAGMENT), (c, C_FRAGMENT)):
+            for place in layout:
+                rows, columns = place(lanes)
+                matrix[:, rows, columns] = next(held)
+        d = c.copy()
+        with np.errstate(all="ignore"):
+            for k in range(16):  # products of f16/bf16 are exact in f32; one rounding per step, in k order
+                d = d + a[:, :, k, None] * b[:, None, k, :]
+        rows, columns = C_FRAGMENT[int(index.value)](lanes)
+        return d[:, rows, columns].reshape(-1)
+
+
+# The m16n8k16 fragments of the PTX ISA ("Matrix Fragments for mma.m16n8k16", f16/bf16 with f32
+# accumulators): per element of a lane's fragment, (row, column) of the warp's matrix as a
+# function of the lane; group = lane >> 2, quad = lane % 4.
+def _at(row_offset: int, column_offset: int, by_group_row: bool) -> Callable[[np.ndarray], tuple]:
+    def place(lane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        group, quad = lane >> 2, lane % 4
+        if by_group_row:  # A and C: rows by group, columns by quad
+            return group + row_offset, quad * 2 + column_offset
+        return quad * 2 + row_offset, group + column_offset  # B: rows (K) by quad, columns by group
+
+    return place
+
+
+A_FRAGMENT = tuple(_at(8 * (i // 2 % 2), i % 2 + 8 * (i // 4), True) for i in range(8))
+"""a0..a7: rows group (+8 for a2, a3, a6, a7), columns 2 quad + (i & 1) (+8 for a4..a7)."""
+B_FRAGMENT = tuple(_at(i % 2 + 8 * (i // 2), 0, False) for i in range(4))
+"""b0..b3: rows 2 quad + (i & 1) (+8 for b2, b3), column group."""
+C_FRAGMENT = tuple(_at(8 * (i // 2), i % 2, True) for i in range(4))
+"""c0..c3 (and d): rows group (+8 for c2, c3), columns 2 quad + (i & 1)."""
+MMA_OPERANDS = {"mma_m16n8k16_f16": DType.f16, "mma_m16n8k16_bf16": DType.bf16}
+"""The warp-collective tensor-core `Call`s and the dtype of their A and B elements."""
 
 
 def _loops(body: Sequence[Stmt]) -> Iterator[For]:

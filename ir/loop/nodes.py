@@ -249,9 +249,14 @@ class Call(Expr):
       value where that lane would be past 31);
     - `shfl_down(value, delta)`: lane l receives `value` from lane l + delta (its own past 31);
     - `shfl_idx(value, lane)`: every lane receives `value` from lane `lane` % 32.
+    - `mma_m16n8k16_f16(a0..a7, b0..b3, c0..c3, index)` and `mma_m16n8k16_bf16(...)`: the warp's
+      tensor-core D = A @ B + C (A 16 x 16, B 16 x 8, C and D 16 x 8 in f32), each lane holding
+      its fragments by the PTX ISA layout (`ir.loop.lockstep.A_FRAGMENT`, ...): a and b are f16
+      (bf16), c f32, `index` an i32 constant 0..3; the result (f32) is element `index` of the
+      lane's D fragment. Four calls with equal operands and indices 0..3 are one product.
     The shuffles' second operand is i32 and the result has `value`'s dtype; every lane of a warp
-    must execute a shuffle together (none may be masked off by an `If`), and the block holds
-    whole warps."""
+    must execute a shuffle or an MMA together (none may be masked off by an `If`), and the block
+    holds whole warps."""
 
     name: str
     args: tuple[Expr, ...]

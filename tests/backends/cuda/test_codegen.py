@@ -220,7 +220,7 @@ def test_a_kernel_starts_with_its_graph_and_kernel_ir_and_takes_typed_restrict_p
     assert "// kernel IR:\n//   kernel fused_copy(in in_x: f16[100], out out0: f16[100]) {\n" in text
     assert '#include "prelude.h"\n' in text
     assert (
-        'extern "C" __global__ void __launch_bounds__(64) fused_copy(\n'
+        'extern "C" __global__ void __launch_bounds__(64, 1) fused_copy(\n'
         "    const __half* __restrict__ in_x,\n    __half* __restrict__ out0) {\n"
     ) in text
     assert "      i = block * 64 + thread;\n      if (i < 100) {\n" in text
