@@ -18,12 +18,16 @@ logic above it is tested there with a driver that records what it is asked to do
 A device that none of the program's cubins fits (cubins run on the same major architecture,
 same or later minor) gets the carried CUDA source compiled for it by `compile_source`, which
 `compiler` passes (NVRTC lives in `backends`, which the runtime may not import).
+
+With `KILN_CUDA_EMULATE=1` (or `race`, `bounds`) the default driver is the CPU emulator
+(`runtime.cuda_emulator`): the program's own CUDA C runs on the host, through this same executor.
 """
 
 from __future__ import annotations
 
 import base64
 import importlib.util
+import os
 import re
 import threading
 import weakref
@@ -165,7 +169,7 @@ class CudaExecutor:
         self.program = program
         self.device = device or 0
         """The CUDA device index the program is loaded onto."""
-        self.driver = driver if driver is not None else PycudaDriver(self.device)
+        self.driver = driver if driver is not None else default_driver(program, self.device)
         self._lock = threading.Lock()
         self._staging: int | None = None
         self._own_stream: Any = None
@@ -323,6 +327,24 @@ def _free_all(driver: CudaDriver, pointers: list[int]) -> None:
                 driver.free(pointer)
     except ProgramRuntimeError:  # at interpreter exit the driver may be gone already
         pass
+
+
+# -- choosing the driver ---------------------------------------------------------------------------
+
+EMULATE_VARIABLE = "KILN_CUDA_EMULATE"
+"""Set to 1 (or plain), race or bounds: CUDA programs run on the CPU (runtime/cuda_emulator.py)."""
+
+
+def default_driver(program: Program, device: int) -> CudaDriver:
+    """pycuda on `device`, or the CPU emulator in the mode `KILN_CUDA_EMULATE` names."""
+    mode = os.environ.get(EMULATE_VARIABLE, "").strip().lower()
+    if mode in ("", "0"):
+        return PycudaDriver(device)
+    from runtime.cuda_emulator import EmulatorDriver, EmulatorUnavailableError, emulator_unavailable
+
+    if emulator_unavailable() is not None:
+        raise EmulatorUnavailableError(f"{EMULATE_VARIABLE}={mode}: {emulator_unavailable()}")
+    return EmulatorDriver(program, "plain" if mode == "1" else mode)
 
 
 # -- pycuda ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ printed (`backends.cuda.codegen`) into one CUDA C module, compiled by NVRTC once
 architecture (sm_80 and sm_90 by default: no GPU needed), and `Program.code` carries both:
 
     code = {"cuda_source": str,                 # the module, which includes "prelude.h"
+            "prelude": str,                     # prelude.h itself, for the CPU emulator
             "cubins": {arch: base64 str},       # JSON-safe: the program's header is JSON
             "resources": {arch: {kernel: {registers, shared_bytes, ...}}},   # ptxas -v
             "nvrtc_version": [major, minor],
@@ -64,7 +65,14 @@ def build_cuda_program(graph: Graph, arch: str | Sequence[str] | None = None) ->
 
     program = assemble_program(graph, schedule, target="cuda")
     source = module_source(kernels)
-    code: dict = {"cuda_source": source, "cubins": {}, "resources": {}, "templates": templates}
+    # The prelude travels with the source: the CUDA emulator (runtime/cuda_emulator.py) compiles both.
+    code: dict = {
+        "cuda_source": source,
+        "prelude": PRELUDE.read_text(),
+        "cubins": {},
+        "resources": {},
+        "templates": templates,
+    }
     for name in architectures:
         binary = compile_cuda(source, name, MODULE_NAME)
         code["cubins"][name] = base64.b64encode(binary.cubin).decode("ascii")

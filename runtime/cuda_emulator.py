@@ -1,0 +1,445 @@
+"""The CUDA emulator: a `CudaDriver` (runtime/cuda.py) that runs a CUDA program's own CUDA C on the CPU.
+
+A GPU is rarely at hand, so the CUDA C that `backends.cuda.codegen` printed is compiled, unchanged,
+by the host C++ compiler (g++ -std=c++20 -pthread) against the host half of the prelude that the
+program carries (`Program.code["prelude"]`: `backends/cuda/prelude.h`, whose host section holds the
+CUDA intrinsics and the thread model), plus a launcher per kernel written here. Device memory is
+host memory (numpy allocations), so `CudaExecutor`'s own logic (memory plan, constants, staging,
+argument packing, launch order) runs as on a GPU. A launch runs the real grid and block: the
+threads of a block are OS threads running concurrently (`__syncthreads` and warp shuffles are
+barriers), blocks run one after another. A barrier or shuffle that not every thread reaches is
+reported as `KernelDeadlockError` (all live threads waiting), or after `timeout` seconds.
+
+Modes (`KILN_CUDA_EMULATE=1|race|bounds`, or `EmulatorDriver(program, mode)`):
+
+- `plain`: -O2, loaded into this process with ctypes. Fastest; a wild access may crash Python.
+- `race`: -fsanitize=thread, each launch in a child process (a sanitizer must be loaded first).
+  A data race on shared or global memory between two barriers fails with `KernelRaceError`
+  naming both source lines. It cannot see: races that a barrier orders but that are still
+  wrong on a GPU (none, for `__syncthreads`; but warp-synchronous code without shuffles, which
+  relies on lockstep execution, is ordered only on the GPU and is reported here), races that
+  depend on an interleaving no run produced (TSan sees what executes, at the test shapes),
+  and memory-model subtleties beyond barriers (fences, volatile, weak ordering of atomics).
+- `bounds`: -fsanitize=address, a child process per launch that copies every parameter into an
+  allocation of exactly its size, so an access past a buffer's end or before its start fails
+  with `KernelBoundsError` naming the kernel, the parameter, the element index and the line. It
+  cannot see an index so far out that it lands inside another live allocation (past the
+  redzone), nor an out-of-bounds access into `__shared__` or local arrays (they are statics and
+  stack arrays; ASan checks stack arrays but not within one static), nor reads of uninitialised
+  memory.
+
+Neither mode sees timing, register or shared-memory limits (NVRTC's ptxas report covers those),
+or dynamic shared memory (the printed kernels use static `__shared__` only; a launch asking for
+dynamic shared memory is refused). Builds are cached on disk (`runtime.disk_cache`) by the hash of
+the source, the prelude, the mode and the compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime import disk_cache
+from runtime.cuda import CudaDriverError, CudaUnavailableError
+from runtime.errors import CodeCompilationError
+from runtime.program import Program
+
+MODES = ("plain", "race", "bounds")
+FLAGS = {
+    "plain": ["-O2", "-shared", "-fPIC"],
+    "race": ["-O1", "-g", "-fsanitize=thread"],
+    "bounds": ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"],
+}
+"""Per mode; every build adds COMMON_FLAGS. The sanitizer builds are executables (one run per launch)."""
+COMMON_FLAGS = ["-std=c++20", "-pthread", "-x", "c++", "-ffp-contract=off", "-fno-fast-math"]
+"""--fmad=false's twin: a contracted a*b+c would round once where the interpreter rounds twice."""
+SANITIZER_OPTIONS = {
+    "TSAN_OPTIONS": "halt_on_error=1 exitcode=66 report_signal_unsafe=0",
+    "ASAN_OPTIONS": "halt_on_error=1 exitcode=67 detect_leaks=0 abort_on_error=0",
+}
+DEFAULT_TIMEOUT = 20.0
+"""Seconds a thread may wait at one barrier before the launch is reported as hung."""
+MODULE_FILE = "kiln_module.cu"
+
+
+class EmulatedKernelError(CudaDriverError):
+    """A kernel failed under emulation; the message names the kernel and what went wrong."""
+
+
+class KernelRaceError(EmulatedKernelError):
+    """A data race between threads of a block (race mode): the message quotes both source lines."""
+
+
+class KernelBoundsError(EmulatedKernelError):
+    """An access outside a parameter buffer (bounds mode): kernel, parameter, index and line."""
+
+
+class KernelDeadlockError(EmulatedKernelError):
+    """A barrier or warp shuffle not reached by every thread, or a launch that hung."""
+
+
+class EmulatorUnavailableError(CudaUnavailableError):
+    """No host C++ compiler (g++) to build the emulation."""
+
+
+# -- the kernels of a module -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelSignature:
+    name: str
+    params: tuple[tuple[str, str, bool], ...]
+    """(C element type, name, written) per parameter; written: not declared const."""
+
+
+_KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\(([^)]*)\)')
+_PARAM = re.compile(r"(const )?([\w ]+?)\s*\*\s*(?:__restrict__ )?(\w+)")
+ITEMSIZE = {"double": 8, "float": 4, "__half": 2, "__nv_bfloat16": 2, "int64_t": 8, "int32_t": 4, "int8_t": 1,
+            "uint8_t": 1, "bool": 1}  # fmt: skip
+
+
+def kernel_signatures(source: str) -> list[KernelSignature]:
+    """The kernels of a printed CUDA module with their pointer parameters, in source order."""
+    found = []
+    for match in _KERNEL.finditer(source):
+        params = tuple((p[2], p[3], p[1] is None) for p in (_PARAM.fullmatch(s.strip()) for s in match[2].split(",")))
+        found.append(KernelSignature(match[1], params))
+    return found
+
+
+def launcher_source(kernels: Sequence[KernelSignature], mode: str) -> str:
+    """The C++ that includes the module and gives each kernel a host entry point
+    `int kiln_launch_NAME(void** args, const unsigned dims[6], double timeout, char* error, int size)`;
+    for the sanitizer modes also a `main` that runs one launch described by its arguments."""
+    lines = [f'#include "{MODULE_FILE}"\n']
+    for kernel in kernels:
+        lines.append(
+            f'extern "C" int kiln_launch_{kernel.name}(void** args, const unsigned* dims, double timeout, '
+            f"char* error, int size) {{\n"
+            f'  return kiln_emu::launch("{kernel.name}", [](void** a) {{ kiln_emu::invoke({kernel.name}, a); }}, '
+            f"args, dims, timeout, error, size);\n}}\n"
+        )
+    if mode != "plain":
+        table = ", ".join(f'{{"{k.name}", kiln_launch_{k.name}}}' for k in kernels)
+        lines.append(_RUNNER.replace("TABLE", table))
+    return "".join(lines)
+
+
+# argv: kernel, grid x y z, block x y z, timeout, data file, then each parameter's size in bytes.
+# Each parameter gets an allocation of exactly its size (ASan's redzones sit right after it).
+_RUNNER = """
+#include <cstdlib>
+typedef int (*kiln_launcher)(void**, const unsigned*, double, char*, int);
+static const struct { const char* name; kiln_launcher launch; } kiln_kernels[] = {TABLE};
+
+int main(int argc, char** argv) {
+  unsigned dims[6];
+  for (int i = 0; i < 6; ++i) dims[i] = (unsigned)std::strtoul(argv[2 + i], nullptr, 10);
+  const int n = argc - 10;
+  std::vector<void*> args(n);
+  std::vector<size_t> sizes(n);
+  FILE* data = std::fopen(argv[9], "rb");
+  for (int i = 0; i < n; ++i) {
+    sizes[i] = std::strtoull(argv[10 + i], nullptr, 10);
+    args[i] = std::malloc(sizes[i]);
+    if (std::fread(args[i], 1, sizes[i], data) != sizes[i]) return 2;
+    std::fprintf(stderr, "kiln-emulator: param %d at %p\\n", i, args[i]);
+  }
+  std::fclose(data);
+  char error[2048] = "";
+  for (const auto& kernel : kiln_kernels) {
+    if (std::strcmp(kernel.name, argv[1]) != 0) continue;
+    if (kernel.launch(args.data(), dims, std::strtod(argv[8], nullptr), error, sizeof error) != 0) {
+      std::fprintf(stderr, "kiln-emulator: %s\\n", error);
+      return 3;
+    }
+    data = std::fopen(argv[9], "wb");
+    for (int i = 0; i < n; ++i) std::fwrite(args[i], 1, sizes[i], data);
+    std::fclose(data);
+    return 0;
+  }
+  return 4;
+}
+"""
+
+
+# -- building --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def host_compiler() -> tuple[str, str] | None:
+    """(path, version line) of g++, or None."""
+    path = shutil.which(os.environ.get("KILN_HOST_CXX", "g++"))
+    if path is None:
+        return None
+    done = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    return path, done.stdout.splitlines()[0] if done.returncode == 0 and done.stdout else "unknown"
+
+
+def emulator_unavailable() -> str | None:
+    """Why CUDA programs cannot be emulated here, or None when they can."""
+    if host_compiler() is None:
+        return "the CUDA emulator needs a host C++ compiler: install g++ (12 or later, for C++20)"
+    return None
+
+
+def build(source: str, prelude: str, mode: str) -> Path:
+    """The shared library (plain) or executable (race, bounds) of a CUDA module, from the disk
+    cache or compiled now; a file private to this process."""
+    if mode not in MODES:
+        raise ValueError(f"unknown emulation mode {mode!r}; the emulator has {', '.join(MODES)}")
+    compiler = host_compiler()
+    if compiler is None:
+        raise EmulatorUnavailableError(emulator_unavailable())
+    launcher = launcher_source(kernel_signatures(source), mode)
+    key = hashlib.sha256(
+        "\0".join([mode, *FLAGS[mode], *COMMON_FLAGS, compiler[1], prelude, source, launcher]).encode()
+    )
+    name = f"cuda-emulator/{key.hexdigest()[:32]}-{mode}"
+    target = _private_folder() / name.replace("/", "-")
+    if target.exists():
+        return target
+    binary = disk_cache.read_entry(name)
+    if binary is None:
+        binary = _compile(compiler[0], source, prelude, launcher, mode)
+        disk_cache.write_entry(name, binary)
+    target.with_suffix(".cu").write_text(source)  # for the source lines a report quotes
+    target.write_bytes(binary)
+    target.chmod(0o700)
+    return target
+
+
+def _compile(compiler: str, source: str, prelude: str, launcher: str, mode: str) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="kiln-emulate-") as folder:
+        work = Path(folder)
+        (work / "prelude.h").write_text(prelude)
+        (work / MODULE_FILE).write_text(source)
+        (work / "launch.cpp").write_text(launcher)
+        output = work / "kernels.out"
+        # Source paths relative in the debug info: sanitizer reports name ./kiln_module.cu:LINE.
+        command = [compiler, *COMMON_FLAGS, *FLAGS[mode], f"-fdebug-prefix-map={folder}=.", "-I", folder,
+                   str(work / "launch.cpp"), "-o", str(output)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=folder)
+        if done.returncode != 0:
+            raise CodeCompilationError(
+                f"{Path(compiler).name} could not compile the CUDA module for emulation ({mode}):\n"
+                f"{done.stderr[-4000:]}"
+            )
+        return output.read_bytes()
+
+
+@functools.cache
+def _private_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="kiln-emulator-"))
+
+
+# -- the driver ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmulatedFunction:
+    signature: KernelSignature
+    sizes: tuple[int, ...]
+    """Bytes of each parameter's buffer (from the program's launch of this kernel)."""
+    entry: Any  # the ctypes entry point (plain mode), else None
+
+
+class EmulatorDriver:
+    """`CudaDriver` on the CPU: see the module docstring. `program` is the program the executor
+    runs (its source and prelude are compiled; the cubin the executor hands over is ignored)."""
+
+    def __init__(self, program: Program, mode: str = "plain", timeout: float = DEFAULT_TIMEOUT) -> None:
+        if "cuda_source" not in program.code or "prelude" not in program.code:
+            raise CudaDriverError(
+                f"program {program.name!r} carries no CUDA source and prelude to emulate: compile it again"
+            )
+        if mode not in MODES:
+            raise ValueError(f"unknown emulation mode {mode!r}; the emulator has {', '.join(MODES)}")
+        self.program, self.mode, self.timeout = program, mode, timeout
+        self._memory: dict[int, np.ndarray] = {}
+        self.source: str = program.code["cuda_source"]
+
+    @contextmanager
+    def activate(self) -> Iterator[None]:
+        yield
+
+    def compute_capability(self) -> tuple[int, int]:
+        # The capability of a cubin the program has, so the executor takes it (and hands it to
+        # load_module, which compiles the source instead).
+        for arch in sorted(self.program.code.get("cubins", {})):
+            found = re.fullmatch(r"sm_(\d+)(\d)a?", arch)
+            if found:
+                return int(found[1]), int(found[2])
+        return 8, 0
+
+    def allocate(self, nbytes: int) -> int:
+        array = np.zeros(nbytes, np.uint8)  # zeroed: a read of never-written memory is reproducible
+        self._memory[array.ctypes.data] = array
+        return array.ctypes.data
+
+    def free(self, pointer: int) -> None:
+        self._memory.pop(pointer, None)
+
+    def upload(self, pointer: int, array: np.ndarray, stream: Any = None) -> None:
+        ctypes.memmove(pointer, array.ctypes.data, array.nbytes)
+
+    def download(self, array: np.ndarray, pointer: int, stream: Any = None) -> None:
+        ctypes.memmove(array.ctypes.data, pointer, array.nbytes)
+
+    def copy(self, destination: int, source: int, nbytes: int, stream: Any = None) -> None:
+        ctypes.memmove(destination, source, nbytes)
+
+    def load_module(self, image: bytes) -> Any:
+        path = build(self.source, self.program.code["prelude"], self.mode)
+        return ctypes.CDLL(str(path)) if self.mode == "plain" else path
+
+    def function(self, module: Any, name: str, n_params: int) -> EmulatedFunction:
+        signature = next((k for k in kernel_signatures(self.source) if k.name == name), None)
+        if signature is None or len(signature.params) != n_params:
+            raise CodeCompilationError(f"the CUDA module has no kernel {name} of {n_params} parameter(s)")
+        launch = next(launch for launch in self.program.launches if launch.kernel == name)
+        sizes = tuple(self.program.buffers[i].nbytes for i in launch.args)
+        entry = None
+        if self.mode == "plain":
+            entry = getattr(module, f"kiln_launch_{name}")
+            entry.restype = ctypes.c_int
+            entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_char_p, ctypes.c_int]
+        return EmulatedFunction(signature, sizes, (module, entry))
+
+    def launch(self, function: EmulatedFunction, grid: tuple, block: tuple, shared_bytes: int,
+               pointers: Sequence[int], stream: Any = None) -> None:  # fmt: skip
+        name = function.signature.name
+        if shared_bytes:
+            raise EmulatedKernelError(
+                f"kernel {name}: the emulator has no dynamic shared memory ({shared_bytes} bytes)"
+            )
+        dims = [*map(int, grid), *map(int, block)]
+        if self.mode == "plain":
+            _library, entry = function.entry  # the library stays loaded while its entry is held
+            error = ctypes.create_string_buffer(2048)
+            args = (ctypes.c_void_p * max(len(pointers), 1))(*pointers)
+            if entry(args, (ctypes.c_uint * 6)(*dims), self.timeout, error, len(error)) != 0:
+                raise _classify(error.value.decode(errors="replace"))
+            return
+        run_in_child(function, dims, pointers, self.mode, self.timeout)
+
+    def new_stream(self) -> Any:
+        return None
+
+    def stream_handle(self, stream: Any) -> int:
+        return 0
+
+    def synchronize(self, stream: Any = None) -> None:
+        pass
+
+
+def run_in_child(function: EmulatedFunction, dims: Sequence[int], pointers: Sequence[int], mode: str,
+                 timeout: float) -> None:  # fmt: skip
+    """One launch in the sanitizer build (`function.entry` is its path): every parameter copied
+    in (exact sizes), run, the written ones copied back; a sanitizer report becomes an error."""
+    signature, executable = function.signature, function.entry[0]
+    with tempfile.NamedTemporaryFile(prefix="kiln-launch-", delete=False) as data:
+        for pointer, size in zip(pointers, function.sizes, strict=True):
+            data.write(ctypes.string_at(pointer, size))
+    try:
+        command = [str(executable), signature.name, *map(str, dims), repr(timeout), data.name,
+                   *map(str, function.sizes)]  # fmt: skip
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=4 * timeout + 30,
+                                  env={**os.environ, **SANITIZER_OPTIONS})  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise KernelDeadlockError(f"kernel {signature.name} did not finish in {4 * timeout + 30:.0f} s") from None
+        if done.returncode != 0:
+            raise _report(signature, done.returncode, done.stderr, executable)
+        result = Path(data.name).read_bytes()
+    finally:
+        os.unlink(data.name)
+    offset = 0
+    for (_, _, written), pointer, size in zip(signature.params, pointers, function.sizes, strict=True):
+        if written:
+            ctypes.memmove(pointer, result[offset : offset + size], size)
+        offset += size
+
+
+# -- reports ---------------------------------------------------------------------------------------
+
+_FRAME = re.compile(r"#\d+ (?:0x[0-9a-f]+ in )?(\S+) \S*?" + re.escape(MODULE_FILE) + r":(\d+)")
+
+
+def _classify(message: str) -> EmulatedKernelError:
+    """The launcher's own failure (deadlock or timeout) as an error."""
+    return (
+        KernelDeadlockError(message)
+        if "deadlock" in message or "waited at" in message
+        else EmulatedKernelError(message)
+    )
+
+
+def _report(signature: KernelSignature, code: int, stderr: str, executable: Path) -> EmulatedKernelError:
+    found = re.search(r"kiln-emulator: (kernel .*)", stderr)
+    if found:
+        return _classify(found[1])
+    source = _module_lines(executable)
+    lines = []
+    for frame in _FRAME.finditer(stderr):
+        number = int(frame[2])
+        text = source[number - 1].strip() if 0 < number <= len(source) else "?"
+        lines.append(f"{MODULE_FILE}:{number} `{text}`")
+    report = stderr[stderr.find("=====") :][:3000]
+    if "ThreadSanitizer: data race" in stderr:
+        first, second = lines[0] if lines else "?", _second_access(stderr, source)
+        return KernelRaceError(
+            f"data race in kernel {signature.name}: two threads of a block access the same memory with no "
+            f"__syncthreads between them, at {first} and at {second}; add the missing barrier\n{report}"
+        )
+    if "AddressSanitizer" in stderr:
+        return KernelBoundsError(f"{_bounds_message(signature, stderr, lines)}\n{report}")
+    return EmulatedKernelError(f"kernel {signature.name} failed under emulation (exit {code}):\n{stderr[-4000:]}")
+
+
+def _second_access(stderr: str, source: list[str]) -> str:
+    """The source line of TSan's 'Previous ...' access (the other side of the race)."""
+    previous = stderr[stderr.find("Previous") :]
+    frame = _FRAME.search(previous)
+    if frame is None:
+        return "?"
+    number = int(frame[2])
+    return f"{MODULE_FILE}:{number} `{source[number - 1].strip() if 0 < number <= len(source) else '?'}`"
+
+
+def _bounds_message(signature: KernelSignature, stderr: str, lines: list[str]) -> str:
+    access = re.search(r"(READ|WRITE) of size (\d+) at (0x[0-9a-f]+)", stderr)
+    region = re.search(r"located \d+ bytes [\w ]+? (\d+)-byte region \[(0x[0-9a-f]+),", stderr)
+    bases = {int(m[2], 16): int(m[1]) for m in re.finditer(r"kiln-emulator: param (\d+) at (0x[0-9a-f]+)", stderr)}
+    where = lines[0] if lines else "an unknown line"
+    what = access[1].lower() if access else "access"
+    if access and region and int(region[2], 16) in bases:
+        position = bases[int(region[2], 16)]
+        ctype, name, _ = signature.params[position]
+        itemsize = ITEMSIZE.get(ctype, 1)
+        index = (int(access[3], 16) - int(region[2], 16)) // itemsize
+        count = int(region[1]) // itemsize
+        return (
+            f"out-of-bounds {what} in kernel {signature.name}: parameter {name} ({ctype}[{count}]) at index "
+            f"{index}, at {where}"
+        )
+    return f"out-of-bounds {what} in kernel {signature.name}, at {where}"
+
+
+def _module_lines(executable: Path) -> list[str]:
+    """The module's source lines (kept next to the build for reports)."""
+    sibling = executable.with_suffix(".cu")
+    return sibling.read_text().splitlines() if sibling.exists() else []
