@@ -28,9 +28,9 @@ import numpy as np
 
 from runtime.disk_cache import read_entry, write_entry
 from runtime.driver import DRIVER_SYMBOL, STATE_WORDS, WorkerPool, driver_ir
-from runtime.errors import CodeCompilationError, InputMismatchError, ProgramError
+from runtime.errors import CodeCompilationError, ProgramError
 from runtime.memory import aligned_empty, barriers_before
-from runtime.program import BufferSpec, Program, describe_array
+from runtime.program import BufferSpec, Program
 
 # Function attributes that pin code to the CPU it was generated on; dropped when the host differs.
 _TARGET_ATTRIBUTES = re.compile(r'"(target-cpu|target-features|tune-cpu)"="[^"]*"')
@@ -208,7 +208,6 @@ class CpuExecutor:
         self._constants = {
             i: array if array.flags.c_contiguous else array.copy(order="C") for i, array in program.constants.items()
         }
-        self._input_specs = program.input_specs
         self._fresh_outputs = tuple(dict.fromkeys(i for i in program.outputs if program.buffers[i].kind == "output"))
         self._slot_of = {i: s for s, i in enumerate(program.inputs + self._fresh_outputs)}
         self._address: dict[int, int] = {i: array.ctypes.data for i, array in self._constants.items()}
@@ -257,29 +256,11 @@ class CpuExecutor:
             driver = ctypes.CFUNCTYPE(None, p, p, p, i64, i64, i64, p)(self._engine.get_function_address(DRIVER_SYMBOL))
             self._go = functools.partial(driver, *table, 0, 1, self._state.ctypes.data)
 
-    def _checked_inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        specs = self._input_specs
-        if len(inputs) != len(specs):
-            names = ", ".join(spec.name for spec in specs)
-            raise InputMismatchError(
-                f"program {self.program.name!r} takes {len(specs)} input(s) ({names}), got {len(inputs)}"
-            )
-        checked = []
-        for spec, value in zip(specs, inputs, strict=True):
-            array = value if isinstance(value, np.ndarray) else np.asarray(value)
-            if array.shape != tuple(spec.shape) or array.dtype != spec.numpy_dtype:
-                raise InputMismatchError(
-                    f"input {spec.name!r} of program {self.program.name!r}: expected "
-                    f"{describe_array(spec.dtype, spec.shape)}, got {describe_array(str(array.dtype), array.shape)}"
-                )
-            checked.append(array if array.flags.c_contiguous else array.copy(order="C"))
-        return checked
-
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The program's outputs for `inputs` (numpy arrays of the declared shapes and dtypes,
         bf16 as ml_dtypes.bfloat16), as fresh arrays."""
         program = self.program
-        arrays = self._checked_inputs(inputs)
+        arrays = self.program.checked_inputs(inputs)
         fresh = [aligned_empty(program.buffers[i].shape, program.buffers[i].numpy_dtype) for i in self._fresh_outputs]
         addresses = np.array([a.ctypes.data for a in arrays + fresh], dtype=np.uint64)
         with self._lock:
