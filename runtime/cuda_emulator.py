@@ -3,7 +3,8 @@
 A GPU is rarely at hand, so the CUDA C that `backends.cuda.codegen` printed is compiled, unchanged,
 by the host C++ compiler (g++ -std=c++20 -pthread) against the host half of the prelude that the
 program carries (`Program.code["prelude"]`: `backends/cuda/prelude.h`, whose host section holds the
-CUDA intrinsics and the thread model), plus a launcher per kernel written here. Device memory is
+CUDA intrinsics and the thread model), plus a launcher per kernel written here from the program's
+launches and buffers (never by parsing the C, which may be any source g++ compiles). Device memory is
 host memory (numpy allocations), so `CudaExecutor`'s own logic (memory plan, constants, staging,
 argument packing, launch order) runs as on a GPU. A launch runs the real grid and block: the
 threads of a block are OS threads running concurrently (`__syncthreads` and warp shuffles are
@@ -39,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -54,8 +56,8 @@ import numpy as np
 
 from runtime import disk_cache
 from runtime.cuda import CudaDriverError, CudaUnavailableError
-from runtime.errors import CodeCompilationError
-from runtime.program import Program
+from runtime.errors import CodeCompilationError, ProgramRuntimeError
+from runtime.program import BufferSpec, Program, describe_array
 
 MODES = ("plain", "race", "bounds")
 FLAGS = {
@@ -95,45 +97,68 @@ class EmulatorUnavailableError(CudaUnavailableError):
     """No host C++ compiler (g++) to build the emulation."""
 
 
+class EmulationModeError(ProgramRuntimeError, ValueError):
+    """An emulation mode the emulator does not have (`KILN_CUDA_EMULATE`, or `EmulatorDriver`'s mode)."""
+
+
+def check_mode(mode: str) -> None:
+    """Raises `EmulationModeError` unless `mode` is one of `MODES`."""
+    if mode not in MODES:
+        raise EmulationModeError(
+            f"unknown CUDA emulation mode {mode!r}: set KILN_CUDA_EMULATE to 1 (or plain), race or bounds "
+            f"(EmulatorDriver takes {', '.join(MODES)})"
+        )
+
+
 # -- the kernels of a module -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelParam:
+    """One pointer parameter of a kernel, as the program passes it."""
+
+    buffer: BufferSpec
+    """The program buffer its first launch passes (for reports, and its size in bytes)."""
+    written: bool
+    """The kernel stores to it (the launch's `writes`): a sanitizer run copies it back."""
 
 
 @dataclass(frozen=True)
 class KernelSignature:
     name: str
-    params: tuple[tuple[str, str, bool], ...]
-    """(C element type, name, written) per parameter; written: not declared const."""
+    params: tuple[KernelParam, ...]
 
 
-_KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\(([^)]*)\)')
-_PARAM = re.compile(r"(const )?([\w ]+?)\s*\*\s*(?:__restrict__ )?(\w+)")
-ITEMSIZE = {"double": 8, "float": 4, "__half": 2, "__nv_bfloat16": 2, "int64_t": 8, "int32_t": 4, "int8_t": 1,
-            "uint8_t": 1, "bool": 1}  # fmt: skip
-
-
-def kernel_signatures(source: str) -> list[KernelSignature]:
-    """The kernels of a printed CUDA module with their pointer parameters, in source order."""
-    found = []
-    for match in _KERNEL.finditer(source):
-        params = tuple((p[2], p[3], p[1] is None) for p in (_PARAM.fullmatch(s.strip()) for s in match[2].split(",")))
-        found.append(KernelSignature(match[1], params))
+def kernel_signatures(program: Program) -> dict[str, KernelSignature]:
+    """The kernels `program` launches, by name in launch order, with their parameters: taken from
+    the program's launches and buffers, not from its C source (which may be anything g++
+    compiles: tests mutate it). The launcher lets C++ deduce the parameters' types."""
+    found: dict[str, KernelSignature] = {}
+    for launch in program.launches:
+        if launch.kernel in found:
+            continue
+        # writes None: not known, so every buffer the program may write counts (Launch's rule).
+        writable = {i for i in launch.args if program.buffers[i].kind not in ("input", "constant")}
+        written = writable if launch.writes is None else set(launch.writes)
+        params = tuple(KernelParam(program.buffers[i], i in written) for i in launch.args)
+        found[launch.kernel] = KernelSignature(launch.kernel, params)
     return found
 
 
-def launcher_source(kernels: Sequence[KernelSignature], mode: str) -> str:
+def launcher_source(kernels: Sequence[str], mode: str) -> str:
     """The C++ that includes the module and gives each kernel a host entry point
     `int kiln_launch_NAME(void** args, const unsigned dims[6], double timeout, char* error, int size)`;
     for the sanitizer modes also a `main` that runs one launch described by its arguments."""
     lines = [f'#include "{MODULE_FILE}"\n']
     for kernel in kernels:
         lines.append(
-            f'extern "C" int kiln_launch_{kernel.name}(void** args, const unsigned* dims, double timeout, '
+            f'extern "C" int kiln_launch_{kernel}(void** args, const unsigned* dims, double timeout, '
             f"char* error, int size) {{\n"
-            f'  return kiln_emu::launch("{kernel.name}", [](void** a) {{ kiln_emu::invoke({kernel.name}, a); }}, '
+            f'  return kiln_emu::launch("{kernel}", [](void** a) {{ kiln_emu::invoke({kernel}, a); }}, '
             f"args, dims, timeout, error, size);\n}}\n"
         )
     if mode != "plain":
-        table = ", ".join(f'{{"{k.name}", kiln_launch_{k.name}}}' for k in kernels)
+        table = ", ".join(f'{{"{k}", kiln_launch_{k}}}' for k in kernels)
         lines.append(_RUNNER.replace("TABLE", table))
     return "".join(lines)
 
@@ -196,15 +221,15 @@ def emulator_unavailable() -> str | None:
     return None
 
 
-def build(source: str, prelude: str, mode: str) -> Path:
-    """The shared library (plain) or executable (race, bounds) of a CUDA module, from the disk
-    cache or compiled now; a file private to this process."""
-    if mode not in MODES:
-        raise ValueError(f"unknown emulation mode {mode!r}; the emulator has {', '.join(MODES)}")
+def build(source: str, prelude: str, mode: str, kernels: Sequence[str]) -> Path:
+    """The shared library (plain) or executable (race, bounds) of a CUDA module with a launcher
+    for each of `kernels` (names defined in `source`), from the disk cache or compiled now; a file
+    private to this process."""
+    check_mode(mode)
     compiler = host_compiler()
     if compiler is None:
         raise EmulatorUnavailableError(emulator_unavailable())
-    launcher = launcher_source(kernel_signatures(source), mode)
+    launcher = launcher_source(kernels, mode)
     key = hashlib.sha256(
         "\0".join([mode, *FLAGS[mode], *COMMON_FLAGS, compiler[1], prelude, source, launcher]).encode()
     )
@@ -252,9 +277,8 @@ def _private_folder() -> Path:
 @dataclass(frozen=True)
 class EmulatedFunction:
     signature: KernelSignature
-    sizes: tuple[int, ...]
-    """Bytes of each parameter's buffer (from the program's launch of this kernel)."""
-    entry: Any  # the ctypes entry point (plain mode), else None
+    entry: Any
+    """(the library, its ctypes entry point) in plain mode; (the executable, None) otherwise."""
 
 
 class EmulatorDriver:
@@ -266,11 +290,11 @@ class EmulatorDriver:
             raise CudaDriverError(
                 f"program {program.name!r} carries no CUDA source and prelude to emulate: compile it again"
             )
-        if mode not in MODES:
-            raise ValueError(f"unknown emulation mode {mode!r}; the emulator has {', '.join(MODES)}")
+        check_mode(mode)
         self.program, self.mode, self.timeout = program, mode, timeout
         self._memory: dict[int, np.ndarray] = {}
         self.source: str = program.code["cuda_source"]
+        self.kernels = kernel_signatures(program)
 
     @contextmanager
     def activate(self) -> Iterator[None]:
@@ -303,21 +327,21 @@ class EmulatorDriver:
         ctypes.memmove(destination, source, nbytes)
 
     def load_module(self, image: bytes) -> Any:
-        path = build(self.source, self.program.code["prelude"], self.mode)
+        path = build(self.source, self.program.code["prelude"], self.mode, list(self.kernels))
         return ctypes.CDLL(str(path)) if self.mode == "plain" else path
 
     def function(self, module: Any, name: str, n_params: int) -> EmulatedFunction:
-        signature = next((k for k in kernel_signatures(self.source) if k.name == name), None)
+        signature = self.kernels.get(name)
         if signature is None or len(signature.params) != n_params:
-            raise CodeCompilationError(f"the CUDA module has no kernel {name} of {n_params} parameter(s)")
-        launch = next(launch for launch in self.program.launches if launch.kernel == name)
-        sizes = tuple(self.program.buffers[i].nbytes for i in launch.args)
+            raise CodeCompilationError(
+                f"program {self.program.name!r} launches no kernel {name} of {n_params} parameter(s)"
+            )
         entry = None
         if self.mode == "plain":
             entry = getattr(module, f"kiln_launch_{name}")
             entry.restype = ctypes.c_int
             entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_char_p, ctypes.c_int]
-        return EmulatedFunction(signature, sizes, (module, entry))
+        return EmulatedFunction(signature, (module, entry))
 
     def launch(self, function: EmulatedFunction, grid: tuple, block: tuple, shared_bytes: int,
                pointers: Sequence[int], stream: Any = None) -> None:  # fmt: skip
@@ -351,12 +375,13 @@ def run_in_child(function: EmulatedFunction, dims: Sequence[int], pointers: Sequ
     """One launch in the sanitizer build (`function.entry` is its path): every parameter copied
     in (exact sizes), run, the written ones copied back; a sanitizer report becomes an error."""
     signature, executable = function.signature, function.entry[0]
+    sizes = [param.buffer.nbytes for param in signature.params]
     with tempfile.NamedTemporaryFile(prefix="kiln-launch-", delete=False) as data:
-        for pointer, size in zip(pointers, function.sizes, strict=True):
+        for pointer, size in zip(pointers, sizes, strict=True):
             data.write(ctypes.string_at(pointer, size))
     try:
         command = [str(executable), signature.name, *map(str, dims), repr(timeout), data.name,
-                   *map(str, function.sizes)]  # fmt: skip
+                   *map(str, sizes)]  # fmt: skip
         try:
             done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=4 * timeout + 30,
                                   env={**os.environ, **SANITIZER_OPTIONS})  # fmt: skip
@@ -368,8 +393,8 @@ def run_in_child(function: EmulatedFunction, dims: Sequence[int], pointers: Sequ
     finally:
         os.unlink(data.name)
     offset = 0
-    for (_, _, written), pointer, size in zip(signature.params, pointers, function.sizes, strict=True):
-        if written:
+    for param, pointer, size in zip(signature.params, pointers, sizes, strict=True):
+        if param.written:
             ctypes.memmove(pointer, result[offset : offset + size], size)
         offset += size
 
@@ -428,13 +453,12 @@ def _bounds_message(signature: KernelSignature, stderr: str, lines: list[str]) -
     what = access[1].lower() if access else "access"
     if access and region and int(region[2], 16) in bases:
         position = bases[int(region[2], 16)]
-        ctype, name, _ = signature.params[position]
-        itemsize = ITEMSIZE.get(ctype, 1)
-        index = (int(access[3], 16) - int(region[2], 16)) // itemsize
-        count = int(region[1]) // itemsize
+        buffer = signature.params[position].buffer
+        index = (int(access[3], 16) - int(region[2], 16)) // buffer.numpy_dtype.itemsize
         return (
-            f"out-of-bounds {what} in kernel {signature.name}: parameter {name} ({ctype}[{count}]) at index "
-            f"{index}, at {where}"
+            f"out-of-bounds {what} in kernel {signature.name}: parameter {position} ({buffer.kind} {buffer.name}: "
+            f"{describe_array(buffer.dtype, buffer.shape)}) at flat element {index} of {math.prod(buffer.shape)}, "
+            f"at {where}"
         )
     return f"out-of-bounds {what} in kernel {signature.name}, at {where}"
 

@@ -132,6 +132,7 @@ struct Warp {
   int lanes, arrived = 0;
   uint64_t generation = 0;
   uint64_t slots[32];  // the value each lane offers to a shuffle
+  float fragments[32][16];  // the registers each lane offers to a whole-fragment exchange (MMA)
   std::condition_variable wake;
 };
 
@@ -225,6 +226,20 @@ template <typename T> inline T exchange(T value, unsigned source) {
   if (source < (unsigned)w.lanes) std::memcpy(&result, &w.slots[source], sizeof(T));
   sync_warp(w);  // every lane has read: the slots may be written again
   return result;
+}
+
+// Every lane of the warp offers N registers at once; all[l] gets lane l's, or the caller's own
+// where the (partial) warp has no lane l, as `exchange` does. One barrier pair for a whole
+// fragment: the MMA twin reading 128 registers of other lanes one shuffle (two barriers) at a time
+// spent nearly all of a tensor-core GEMM's emulation in the mutex.
+template <int N> inline void exchange_all(const float (&mine)[N], float (&all)[32][N]) {
+  static_assert(N <= 16, "a fragment exchange moves at most 16 registers per lane");
+  Warp& w = *block->warps[warp];
+  std::memcpy(w.fragments[lane], mine, sizeof mine);
+  sync_warp(w);  // every lane's registers are written
+  for (int source = 0; source < 32; ++source)
+    std::memcpy(all[source], source < w.lanes ? w.fragments[source] : mine, sizeof mine);
+  sync_warp(w);  // every lane has read: the fragments may be written again
 }
 
 // The kernel's parameters from the launch's argument array (pointers), in order.
@@ -461,37 +476,47 @@ KILN_MMA_M16N8K16(kiln_mma_m16n8k16_f16, "f16", kiln_pack_f16x2)
 KILN_MMA_M16N8K16(kiln_mma_m16n8k16_bf16, "bf16", kiln_pack_bf16x2)
 #undef KILN_MMA_M16N8K16
 #else
-// The host twin: each lane gathers its D element's row of A and column of B from the lanes that
-// hold them, by the same layouts, through the emulated shuffles (every lane calls it, as on the
-// device), and accumulates in f32 in k order (products of f16/bf16 values are exact in f32), as
-// the lockstep interpreter (ir/loop/lockstep.py) does. The device's summation order is its own.
-static inline float kiln_mma_m16n8k16(const float a[8], const float b[4], const float c[4], int32_t index) {
+// The host twin: the lanes exchange their A and B fragments (every lane calls it, as on the
+// device), then each lane takes its D elements' rows of A and columns of B from the lanes that hold
+// them, by the same layouts, and accumulates in f32 in k order (products of f16/bf16 values are
+// exact in f32), as the lockstep interpreter (ir/loop/lockstep.py) does. The device's summation
+// order is its own.
+static inline void kiln_mma_m16n8k16(float d[4], const float a[8], const float b[4], const float c[4]) {
+  float mine[12], all[32][12];  // per lane: a0..a7, then b0..b3
+  for (int32_t i = 0; i < 8; ++i) mine[i] = a[i];
+  for (int32_t i = 0; i < 4; ++i) mine[8 + i] = b[i];
+  kiln_emu::exchange_all(mine, all);
   const int32_t group = kiln_emu::lane >> 2, quad = kiln_emu::lane & 3;
-  const int32_t row_half = index >> 1;  // D rows group (+ 8 for index 2, 3): A's a2, a3, a6, a7 hold row + 8
-  float d = c[index];
-  for (int32_t k = 0; k < 16; ++k) {
-    const int32_t pair = k & 1, high = k >> 3, holder = (k & 7) >> 1;
-    // A[row][k] sits in lane 4 * (row % 8) + (k % 8) / 2, element (k & 1) + 2 row_half + 4 (k >= 8);
-    // B[k][col] in lane 4 col + (k % 8) / 2, element (k & 1) + 2 (k >= 8); col = 2 quad + (index & 1).
-    const float x = kiln_shfl_idx(a[pair + 2 * row_half + 4 * high], 4 * group + holder);
-    const float y = kiln_shfl_idx(b[pair + 2 * high], 4 * (2 * quad + (index & 1)) + holder);
-    d = d + x * y;
+  for (int32_t index = 0; index < 4; ++index) {
+    const int32_t row_half = index >> 1;  // D rows group (+ 8 for index 2, 3): A's a2, a3, a6, a7 hold row + 8
+    float sum = c[index];
+    for (int32_t k = 0; k < 16; ++k) {
+      const int32_t pair = k & 1, high = k >> 3, holder = (k & 7) >> 1;
+      // A[row][k] sits in lane 4 * (row % 8) + (k % 8) / 2, element (k & 1) + 2 row_half + 4 (k >= 8);
+      // B[k][col] in lane 4 col + (k % 8) / 2, element (k & 1) + 2 (k >= 8); col = 2 quad + (index & 1).
+      const float x = all[4 * group + holder][pair + 2 * row_half + 4 * high];
+      const float y = all[4 * (2 * quad + (index & 1)) + holder][8 + pair + 2 * high];
+      sum = sum + x * y;
+    }
+    d[index] = sum;
   }
-  return d;
 }
 #define KILN_MMA_M16N8K16(NAME)                                                                          \
   static inline float NAME(float a0, float a1, float a2, float a3, float a4, float a5, float a6, float a7, \
                            float b0, float b1, float b2, float b3, float c0, float c1, float c2, float c3,   \
                            int32_t index) {                                                                \
     const float a[8] = {a0, a1, a2, a3, a4, a5, a6, a7}, b[4] = {b0, b1, b2, b3}, c[4] = {c0, c1, c2, c3}; \
-    return kiln_mma_m16n8k16(a, b, c, index);                                                              \
+    float d[4];                                                                                            \
+    kiln_mma_m16n8k16(d, a, b, c);                                                                         \
+    return d[index];                                                                                       \
   }                                                                                                        \
   static inline void NAME##_x4(float& d0, float& d1, float& d2, float& d3, float a0, float a1, float a2,   \
                                float a3, float a4, float a5, float a6, float a7, float b0, float b1,       \
                                float b2, float b3, float c0, float c1, float c2, float c3) {               \
     const float a[8] = {a0, a1, a2, a3, a4, a5, a6, a7}, b[4] = {b0, b1, b2, b3}, c[4] = {c0, c1, c2, c3}; \
-    d0 = kiln_mma_m16n8k16(a, b, c, 0), d1 = kiln_mma_m16n8k16(a, b, c, 1);                                \
-    d2 = kiln_mma_m16n8k16(a, b, c, 2), d3 = kiln_mma_m16n8k16(a, b, c, 3);                                \
+    float d[4];                                                                                            \
+    kiln_mma_m16n8k16(d, a, b, c);                                                                         \
+    d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3];                                                            \
   }
 KILN_MMA_M16N8K16(kiln_mma_m16n8k16_f16)
 KILN_MMA_M16N8K16(kiln_mma_m16n8k16_bf16)

@@ -265,7 +265,9 @@ class _Row:
         lowering = self.lowering
         held = lowering.var("y", value.type.dtype)
         statements: list[Stmt] = [Assign(held, result.cast(value.type.dtype))]
-        lowering.overrides[value] = (offset, Ref(held))
+        # The offset as `flat_index` writes it, which the epilogue's reads compare with (0 for a
+        # one-element value, whichever row variable carried it).
+        lowering.overrides[value] = (flat_index(unflatten(offset, value.type.shape), value.type.shape), Ref(held))
         try:
             for output, buffer in zip(lowering.body.outputs, lowering.outputs):
                 if output.type.numel != value.type.numel:
