@@ -11,7 +11,8 @@
   uses other rendered lines (`CALIBRATION`), never the measured ones.
 - `encoder`, `gpt`: the model tests' transformer encoder layer and GPT block (RANDOM weights):
   cosine, max abs error and top-1 agreement along the last axis against torch fp32.
-- `gemm`: 1024^3 on one thread, int8 (`matmul_integer`, i32 accumulation) beside Kiln's f32 GEMM.
+- `gemm`: 1024^3 on one thread, int8 (`matmul_integer`: s8 x s8 with i32 accumulation, the int8 GEMM of
+  `backends.lowering.templates_quant`, `vpdpbusd` on AVX-512 VNNI) beside Kiln's f32 GEMM.
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def gemm(budget, n: int = 1024) -> list[str]:
         )
         timing = measure(lambda compiled=compiled, a=a: compiled(a), budget)
         base = base or timing.median_s
-        name = "f32 matmul" if dtype == DType.f32 else "int8 matmul_integer (i32 accumulation)"
+        name = "f32 matmul" if dtype == DType.f32 else "int8 matmul_integer (dot4_u8s8 GEMM, i32 accumulation)"
         rate = 2 * n**3 / timing.median_s / 1e9
         out.append(f"| {name} | {timing.median_s * 1e3:.1f} | {rate:.1f} | {base / timing.median_s:.2f}x |")
     return out

@@ -12,7 +12,8 @@ a rule of `RULES` allows it, sweeping the graph until nothing merges:
 - reduction + pointwise epilogue: applied to the reduction's results (softmax's divide, a
   norm's scale and shift) on at most the elements the reduction reads;
 - contraction + pointwise epilogue: applied to each output tile before it is stored (bias,
-  activation, residual add, cast) on exactly the contraction's output elements.
+  activation, residual add, cast, an int8 GEMM's dequantizing scales) on exactly the
+  contraction's output elements.
 
 Attention, movement and opaque nodes, and existing `fused` nodes, stay groups of their own.
 A merge is refused when a path between the two groups runs through a third group (merging
@@ -52,6 +53,10 @@ _KIND_OF_OP = {
     OpKind.CONTRACTION: GroupKind.CONTRACTION,
     OpKind.OPAQUE: GroupKind.OPAQUE,
 }
+GEMM_COMPOSITES = frozenset({"matmul_integer"})
+"""Composite contractions whose decomposition is one GEMM of operands read element by element (the
+integer GEMM's widened bytes minus zero points): contractions, whose epilogues (the dequantizing
+scale, bias, activation) fuse into the kernel like any matmul's."""
 _ANCHORS = frozenset({GroupKind.REDUCTION, GroupKind.CONTRACTION})
 """Kinds whose op sets the kernel's loop structure; a group holds at most one such node."""
 
@@ -81,8 +86,8 @@ def node_kind(node: Node, max_movement_growth: int) -> GroupKind | None:
         return None
     if is_region(node):
         return GroupKind.OPAQUE
-    if op.kind == OpKind.CONTRACTION and op.decompose is not None:
-        return GroupKind.ATTENTION  # the one composite contraction: a flash-style kernel matches it whole
+    if op.kind == OpKind.CONTRACTION and op.decompose is not None and node.op not in GEMM_COMPOSITES:
+        return GroupKind.ATTENTION  # a composite contraction: a flash-style kernel matches it whole
     if op.kind == OpKind.MOVEMENT:
         # A fused movement op is an index computation; one that fans a few values out to many
         # outputs would recompute in-kernel producers once per copy, so a large one stands alone.

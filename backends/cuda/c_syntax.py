@@ -49,6 +49,8 @@ MATH = {name: name for name in SAME_NAMED} | {"round": "rint", "abs": "fabs"}
 EXACT_MATH = frozenset({"floor", "ceil", "round", "abs"})
 """Results representable in the argument's format: no rounding to f16/bf16 after them."""
 CALLS = {"fma": "fma"}
+INTEGER_CALLS = {"dot4_u8s8": "kiln_dot4_u8s8"}
+"""i32 intrinsics, printed as calls of the prelude's helpers."""
 """Target intrinsics (`Call` names) on floats and the C function each becomes (float adds an `f`)."""
 SHUFFLES = {"shfl_xor": "kiln_shfl_xor", "shfl_down": "kiln_shfl_down", "shfl_idx": "kiln_shfl_idx"}
 """Warp shuffles (`ir.loop.nodes.WARP_SHUFFLES`) and the prelude function each becomes."""

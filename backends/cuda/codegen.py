@@ -33,6 +33,7 @@ from backends.cuda.c_syntax import (
     GPU_INDICES,
     IDENTIFIER,
     INFIX,
+    INTEGER_CALLS,
     LOGICAL,
     LOW_PRECISION_ROUND,
     MATH,
@@ -406,6 +407,9 @@ def _print_binary(p: KernelPrinter, expr: Binary) -> Printed:
         case "add" | "sub" | "mul" if dtype.is_integer:
             if dtype == DType.i64 and _constant_only(a) and _constant_only(b):
                 return _infix_i64(p, op, a, b)
+            if dtype == DType.i32:  # the kernel IR's i32 arithmetic wraps; C's signed overflow is undefined
+                symbol, _ = INFIX[op]
+                return f"(int32_t)((uint32_t)({p.expr(a)}) {symbol} (uint32_t)({p.expr(b)}))", UNARY
             return _wrap(dtype, _infix(p, *INFIX[op], a, b))
     raise p.fail(f"{op} is not defined on {dtype}")
 
@@ -504,6 +508,8 @@ def _print_call(p: KernelPrinter, expr: Call) -> Printed:
         if dtypes != [operand] * 12 + [DType.f32] * 4 + [DType.i32] or dtype != DType.f32:
             raise p.fail(f"{name} takes 12 {operand} operands, 4 f32 and an i32 index, and gives f32")
         return f"{function}({', '.join(p.expr(a) for a in args)})", ATOM
+    if name in INTEGER_CALLS and dtype == DType.i32 and all(a.dtype == DType.i32 for a in args):
+        return f"{INTEGER_CALLS[name]}({', '.join(p.expr(a) for a in args)})", ATOM
     if name not in CALLS or not dtype.is_float or any(a.dtype != dtype for a in args):
         raise p.fail(f"no CUDA intrinsic {name}<{dtype}> (known: {', '.join(sorted(CALLS))} on floats)")
     # One rounding to f16/bf16, after the fused operation.

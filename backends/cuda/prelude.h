@@ -410,6 +410,18 @@ template <typename T> KILN_DEVICE T kiln_ipow(T base, T exponent) {
 // Truncation towards zero, saturating at the integer type's bounds, NaN -> 0 (LLVM's
 // fptosi.sat/fptoui.sat), where C leaves out-of-range conversions undefined. The _rz
 // conversions saturate on the device; the narrow types clamp the saturated int.
+// dot4_u8s8 (the kernel IR's Call; VNNI's vpdpbusd for one lane): acc plus the sum over the 4
+// bytes of u8(a) * s8(b), wrapping in i32 (unsigned arithmetic: no signed overflow).
+KILN_DEVICE int32_t kiln_dot4_u8s8(int32_t acc, int32_t a, int32_t b) {
+  uint32_t sum = (uint32_t)acc;
+  for (int k = 0; k < 4; ++k) {
+    int32_t ua = (int32_t)(((uint32_t)a >> (8 * k)) & 0xFFu);
+    int32_t sb = (int32_t)(int8_t)(((uint32_t)b >> (8 * k)) & 0xFFu);
+    sum += (uint32_t)(ua * sb);
+  }
+  return (int32_t)sum;
+}
+
 KILN_DEVICE int64_t kiln_to_i64(float x) { return __float2ll_rz(x); }
 KILN_DEVICE int64_t kiln_to_i64(double x) { return __double2ll_rz(x); }
 KILN_DEVICE int32_t kiln_to_i32(float x) { return __float2int_rz(x); }

@@ -5,7 +5,7 @@ before the other templates (`backends.cuda.templates_gpu`).
 
 The contraction itself (which element of A and B each (batch, i, k) and (batch, k, j) reads,
 through transposes, broadcasts and casts, and what gemm does to a result before it is stored)
-is the CPU template's (`backends.lowering.templates_gemm.Contraction`), so both backends share
+is the CPU template's (`backends.lowering.templates_gemm.contraction`), so both backends share
 one definition of matmul and gemm; only the loops differ. Each block computes one BM x BN tile
 of one batch (blocks in a row of tiles are neighbours, so they share A's rows in L2):
 
@@ -41,14 +41,12 @@ the lowering tests' tolerance.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from backends.lowering import templates_gemm
 from backends.lowering.expr import flat_index, i64, unflatten
 from backends.lowering.group import EpilogueMismatch, GroupLowering, inlinable
-from backends.lowering.templates_gemm import TEMPLATES_GEMM, Contraction
+from backends.lowering.templates_gemm import TEMPLATES_GEMM, Contraction, contraction
 from ir import DType, Node
 from ir.loop import (
     WARP_SIZE,
@@ -154,7 +152,7 @@ def gemm_template(
     operand_dtype = contraction_node.inputs[0].type.dtype
     if y.type.dtype != operand_dtype or operand_dtype not in (DType.f32, *_MMA):
         return None  # f64 and integer contractions keep the generic schedule
-    problem = _contraction(lowering, contraction_node)
+    problem = contraction(lowering, contraction_node)
     shape = problem.shape
     try:
         if operand_dtype == DType.f32:
@@ -168,35 +166,7 @@ def gemm_template(
         return None
 
 
-# -- the contraction and its writes --------------------------------------------------------------
-
-
-def _contraction(lowering: GroupLowering, node: Node) -> Contraction:
-    """The CPU template's `Contraction` for `node`, taken as its template hands it to
-    `contraction_loops` (the loops it would build are not wanted here).
-
-    A stopgap: templates_gemm builds the Contraction inside each template function; a
-    `contraction(lowering, node)` of its own there would make this a plain call."""
-    captured: list[Contraction] = []
-
-    def capture(_: GroupLowering, problem: Contraction) -> list[Stmt]:
-        captured.append(problem)
-        return []
-
-    with _replaced(templates_gemm, "contraction_loops", capture):
-        TEMPLATES_GEMM[node.op](lowering, node)
-    (problem,) = captured
-    return problem
-
-
-@contextlib.contextmanager
-def _replaced(module: object, attribute: str, value: object) -> Iterator[None]:
-    previous = getattr(module, attribute)
-    setattr(module, attribute, value)
-    try:
-        yield
-    finally:
-        setattr(module, attribute, previous)
+# -- the tiles and their writes -------------------------------------------------------------------
 
 
 class _Tiled:

@@ -18,23 +18,29 @@ into registers; local buffers live on the stack up to `STACK_LIMIT` bytes and on
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from llvmlite import ir
 
 from backends.llvm.intrinsics import (
     I1,
+    I8,
+    I32,
     I64,
     MATH_FUNCTIONS,
     REGISTER_TYPES,
     STORAGE_TYPES,
     call_intrinsic,
     cast,
+    const_like,
     constant,
     declare,
     integer_divide,
     integer_power,
+    like,
     math_function,
     maximum,
     narrow,
@@ -67,6 +73,7 @@ from ir.loop.nodes import (
     Var,
 )
 from ir.loop.printer import print_kernel
+from runtime.cpu import host_target
 
 STACK_LIMIT = 64 * 1024
 """Local buffers up to this many bytes are allocas; larger ones are malloc'd per call, since
@@ -88,8 +95,96 @@ _LOOP_PROPERTIES = {
     LoopKind.VECTORIZED: [("llvm.loop.vectorize.enable", True)],
     LoopKind.UNROLLED: [("llvm.loop.unroll.full",)],
 }
-_CALLS = {"fma": "fma"}
-"""Target intrinsics (`Call` names) and the LLVM intrinsic each becomes."""
+
+
+def _fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+    return call_intrinsic(builder, "fma", a, b, c)
+
+
+@functools.cache
+def host_has_vnni() -> bool:
+    """Whether the host has AVX-512 VNNI with 128/256-bit forms (avx512vl): `vpdpbusd` for any lanes."""
+    features = set(host_target()["features"].split(","))
+    return {"+avx512vnni", "+avx512vl", "+avx512f"} <= features
+
+
+def use_vnni() -> bool:
+    """Whether `dot4_u8s8` becomes `vpdpbusd` (tests replace this to run the portable form)."""
+    return host_has_vnni()
+
+
+_VPDPBUSD_LANES = (4, 8, 16)
+"""i32 lanes of `vpdpbusd` on an xmm, ymm and zmm register."""
+
+
+def dot4_u8s8(builder: ir.IRBuilder, acc: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:
+    """acc + sum over bytes q of u8(a_q) * s8(b_q), wrapping in i32, on scalars or vectors: `vpdpbusd`
+    on a VNNI host (a vector of 16 lanes is one zmm instruction, 64 lanes four; a scalar is lane 0
+    of the xmm form), else plain i32 arithmetic.
+
+    The instruction is used for scalars too, not only for speed: LLVM 22 turns the plain
+    arithmetic, once its SLP or loop vectorizer has widened it, into `vpdpwssd` on VNNI hosts and
+    was seen to compute wrong sums there (edge columns of the int8 GEMM, varying run to run)."""
+    if not use_vnni():
+        return _dot4_arithmetic(builder, acc, a, b)
+    if not isinstance(acc.type, ir.VectorType):
+        wide = ir.VectorType(I32, 4)
+        operands = [builder.insert_element(ir.Constant(wide, None), x, ir.Constant(I32, 0)) for x in (acc, a, b)]
+        return builder.extract_element(_vpdpbusd(builder, *operands), ir.Constant(I32, 0))
+    lanes = acc.type.count
+    if lanes in _VPDPBUSD_LANES:
+        return _vpdpbusd(builder, acc, a, b)
+    if lanes % 16:
+        return _dot4_arithmetic(builder, acc, a, b)
+    pieces = []  # 16 lanes at a time, then concatenated pairwise
+    for start in range(0, lanes, 16):
+        part = ir.Constant(ir.VectorType(I32, 16), list(range(start, start + 16)))
+        cut = [builder.shuffle_vector(x, ir.Constant(x.type, ir.Undefined), part) for x in (acc, a, b)]
+        pieces.append(_vpdpbusd(builder, *cut))
+    while len(pieces) > 1:
+        if len(pieces) % 2:
+            return _dot4_arithmetic(builder, acc, a, b)  # 48 lanes: no even split (lowering never asks)
+        joined = ir.VectorType(I32, 2 * pieces[0].type.count)
+        everything = ir.Constant(joined, list(range(joined.count)))
+        pieces = [builder.shuffle_vector(x, y, everything) for x, y in zip(pieces[::2], pieces[1::2])]
+    return pieces[0]
+
+
+def _vpdpbusd(builder: ir.IRBuilder, acc: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:
+    lanes = acc.type.count
+    as_bytes = ir.VectorType(I8, 4 * lanes)
+    name = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"
+    function = declare(builder.module, name, acc.type, acc.type, as_bytes, as_bytes)
+    return builder.call(function, [acc, builder.bitcast(a, as_bytes), builder.bitcast(b, as_bytes)])
+
+
+def _dot4_arithmetic(builder: ir.IRBuilder, acc: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:
+    """The portable form: each byte extracted, widened (u8 zero-, s8 sign-extended) and multiplied;
+    each product is below 2^15 in magnitude, the sums wrap in i32 as the instruction's do."""
+    for q in range(4):
+        a_byte, b_byte = (
+            builder.trunc(builder.lshr(x, const_like(x, I32, 8 * q)) if q else x, like(x, I8)) for x in (a, b)
+        )
+        product = builder.mul(builder.zext(a_byte, like(a, I32)), builder.sext(b_byte, like(b, I32)))
+        acc = builder.add(acc, product)
+    return acc
+
+
+@dataclass(frozen=True)
+class _Intrinsic:
+    """How a `Call` becomes LLVM IR: `emit(builder, *arguments)`, for the dtypes it is defined on."""
+
+    emit: Callable[..., ir.Value]
+    arity: int
+    accepts: Callable[[DType], bool]
+    """Whether the call's dtype (that of its result and of every argument) is one it takes."""
+
+
+_CALLS = {
+    "fma": _Intrinsic(_fma, 3, lambda dtype: dtype.is_float),  # llvm.fma: one rounding
+    "dot4_u8s8": _Intrinsic(dot4_u8s8, 3, lambda dtype: dtype == DType.i32),
+}
+"""Target intrinsics (`Call` names) and how each is emitted."""
 
 _DEFINE = re.compile(r'define [^@]*@"?([A-Za-z_][A-Za-z0-9_]*)"?\(')
 _KERNEL_TYPE = ir.FunctionType(ir.VoidType(), [ir.PointerType(), I64, I64])
@@ -151,6 +246,17 @@ def _reads_memory(expr: Expr) -> bool:
             return any(map(_reads_memory, (condition, a, b)))
         case Call(_, args, _):
             return any(map(_reads_memory, args))
+    return False
+
+
+def _calls_target_intrinsic(node) -> bool:
+    """Whether a statement or expression calls `dot4_u8s8` (emitted as an x86 intrinsic on vectors)."""
+    if isinstance(node, Call) and node.name == "dot4_u8s8":
+        return True
+    if isinstance(node, tuple):
+        return any(map(_calls_target_intrinsic, node))
+    if isinstance(node, (Stmt, Expr)):
+        return any(_calls_target_intrinsic(getattr(node, f)) for f in node.__dataclass_fields__)
     return False
 
 
@@ -249,6 +355,8 @@ class _KernelEmitter:
                     if reason is None:
                         return
                     self.builder.comment(f"loop {var.name} stays scalar for LLVM's vectorizer: {reason}")
+                    if _calls_target_intrinsic(stmt):  # LLVM cannot widen vpdpbusd: asking only prints a warning
+                        stmt = For(var, extent, stmt.body, LoopKind.SERIAL)
                 zero = ir.Constant(I64, 0)
                 self._loop(stmt, zero, ir.Constant(I64, extent))
             case If(condition, then, otherwise):
@@ -395,14 +503,15 @@ class _KernelEmitter:
         return merged
 
     def _emit_call(self, name: str, args: Sequence[Expr], dtype: DType) -> ir.Value:
-        if name not in _CALLS or not dtype.is_float or any(a.dtype != dtype for a in args):
-            raise self.fail(f"no LLVM intrinsic {name}<{dtype}> (known: {', '.join(sorted(_CALLS))} on floats)")
+        intrinsic = _CALLS.get(name)
+        if (intrinsic is None or len(args) != intrinsic.arity or not intrinsic.accepts(dtype)
+                or any(a.dtype != dtype for a in args)):  # fmt: skip
+            raise self.fail(f"no LLVM intrinsic {name}<{dtype}> (known: fma on floats, dot4_u8s8 on i32)")
         return self._call(name, [self._emit_expr(a) for a in args], dtype)
 
     def _call(self, name: str, values: Sequence[ir.Value], dtype: DType) -> ir.Value:
-        if dtype == DType.bf16:  # one rounding, after the fused operation
-            return round_to_bf16(self.builder, call_intrinsic(self.builder, _CALLS[name], *values))
-        return call_intrinsic(self.builder, _CALLS[name], *values)
+        result = _CALLS[name].emit(self.builder, *values)
+        return round_to_bf16(self.builder, result) if dtype == DType.bf16 else result  # one rounding, after it
 
     # -- variables and memory -------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ registers (measured: ~100 GFLOP/s on one Zen 4 core at 256-512, beside torch's ~
 form the schedule knows (`GemmTiles.accumulators = "registers"`: MR scalar accumulators per
 column lane, k innermost) is the one an explicit vector code generator wants; the cost model
 picks. Edge tiles (M % MR rows, N % NR columns) get their own micro-kernels of the remaining
-size behind an `If` on the tile index, so full tiles carry no guards; a column edge is a
-vectorized part (a multiple of 16 lanes) and a serial rest. Integer contractions accumulate
-with mul + add (there is no integer fma).
+size behind an `If` on the tile index, so full tiles carry no guards; the columns of a tile are
+a vectorized part (a multiple of 16 lanes), parts of 8 and 4 lanes, and a serial rest. Integer
+contractions accumulate with mul + add (there is no integer fma).
 
 Numerics: floats accumulate with one rounding per step (fma) in the compute dtype (f32 for
 f16/bf16), in the order k = 0, 1, ...; the interpreter's numpy matmul sums in another order, so
@@ -78,7 +78,7 @@ class GemmTiles:
     mr: int = 6
     """Rows per tile: accumulator vectors per lane group (and A broadcasts per k step)."""
     nr: int = 64
-    """Columns per tile: the vectorized loop's lanes (a multiple of 16, at most 64, for vector code)."""
+    """Columns per tile (at most 64): vectorized in parts of 16k, 8 and 4 lanes, the rest serial."""
     block_tiles: int = 1
     """Row tiles per iteration of the parallel loop (one after another, sharing a B panel)."""
     pack_b: bool = False
@@ -109,18 +109,22 @@ def host_vector_bits() -> int:
 
 def choose_tiles(shape: GemmShape, vector_bits: int | None = None) -> GemmTiles:
     """The cost model: MR rows x NR lanes of accumulators, filling about 24 of 32 vector registers
-    (AVX-512: 6 x 4 zmm) and leaving room for the B vectors and the A broadcast; NR shrinks for
-    narrow outputs so that no tile is mostly edge. With enough rows to share it, B's panel is
-    packed once per block of 16 row tiles (96 rows: the copy is ~1% of the work). Measured on
-    one Zen 4 core (benchmarks/gemm_cpu.py): packing takes 2048^3 from 0.68x torch to ~1.05x and
-    is neutral at 512-1024."""
+    (AVX-512: 6 x 4 zmm) and leaving room for the B vectors and the A broadcast. An output at
+    most NR wide is one panel of exactly N columns (MR x N, vectorized as 16-, 8- and 4-lane parts
+    by `_column_parts`): every column is computed once, A is read once, and no column is serial
+    unless N % 4 leaves it. Measured on one Zen 4 core, x [2^22 / N, N] @ W [N, N] + b: N = 8 went
+    from 8 to 70 GFLOP/s (its columns had been serial) and N = 24 from 23 to 99 (a panel of 16
+    and a serial edge of 8, reading A twice); N = 16 and 32 stay at ~97, the core's FMA peak.
+    With enough rows to share it, B's panel is packed once per block of 16 row tiles (96 rows:
+    the copy is ~1% of the work). Measured on one Zen 4 core (benchmarks/gemm_cpu.py): packing
+    takes 2048^3 from 0.68x torch to ~1.05x and is neutral at 512-1024."""
     bits = vector_bits or host_vector_bits()
     lanes = max(bits // (8 * max(shape.dtype.itemsize, 4)), 1)  # f16/bf16 accumulate in f32
     vectors = 4 if bits >= 512 else 2  # vectors per row of a tile
     nr = min(lanes * vectors, MAX_VECTOR_LANES)
     nr = max(VECTOR_LANES_MULTIPLE, nr - nr % VECTOR_LANES_MULTIPLE)
-    while nr > VECTOR_LANES_MULTIPLE and shape.n < nr:
-        nr //= 2
+    if shape.n <= nr:
+        nr = max(shape.n, 1)
     mr = max(min(6, shape.m), 1)
     pack = shape.m >= 8 * mr
     return GemmTiles(mr=mr, nr=nr, block_tiles=16 if pack else 1, pack_b=pack)
@@ -252,15 +256,30 @@ def contraction_loops(lowering: GroupLowering, problem: Contraction) -> list[Stm
 
 def _micro_kernel(lowering: GroupLowering, problem: Contraction, batch_index: Sequence[Expr], i0: Expr, j0: Expr,
                   rows: int, cols: int, b_at: BColumn, accumulators: str) -> list[Stmt]:  # fmt: skip
-    """The rows x cols block at (i0, j0): vectorized over columns in multiples of 16 lanes, the
-    rest serial."""
+    """The rows x cols block at (i0, j0), one part of columns after another (`_column_parts`)."""
     columns = _ACCUMULATORS[accumulators]
-    vector = cols - cols % VECTOR_LANES_MULTIPLE if cols >= VECTOR_LANES_MULTIPLE else 0
     statements = []
-    for start, width, kind in ((0, vector, LoopKind.VECTORIZED), (vector, cols - vector, LoopKind.SERIAL)):
-        if width:
-            statements += columns(lowering, problem, batch_index, i0, j0, start, rows, width, b_at, kind)
+    for start, width, kind in _column_parts(cols):
+        statements += columns(lowering, problem, batch_index, i0, j0, start, rows, width, b_at, kind)
     return statements
+
+
+def _column_parts(cols: int) -> list[tuple[int, int, LoopKind]]:
+    """(first column, width, loop kind) of the parts a tile's columns are computed in: a multiple
+    of 16 lanes (whole vectors, up to 4 per row), then 8 and 4 lanes (a ymm and an xmm of f32),
+    then the last cols % 4 serially. Each part is exactly one vector width, so the vector code
+    has no remainder loop inside the k loop."""
+    parts: list[tuple[int, int, LoopKind]] = []
+    start = cols - cols % VECTOR_LANES_MULTIPLE
+    if start:
+        parts.append((0, start, LoopKind.VECTORIZED))
+    for width in (8, 4):
+        if cols - start >= width:
+            parts.append((start, width, LoopKind.VECTORIZED))
+            start += width
+    if start < cols:
+        parts.append((start, cols - start, LoopKind.SERIAL))
+    return parts
 
 
 def _tile_columns(lowering: GroupLowering, problem: Contraction, batch_index: Sequence[Expr], i0: Expr, j0: Expr,
@@ -325,10 +344,10 @@ def _register_columns(lowering: GroupLowering, problem: Contraction, batch_index
 _ACCUMULATORS = {"tile": _tile_columns, "registers": _register_columns}
 
 
-# -- matmul and gemm as contractions -------------------------------------------------------------
+# -- matmul and gemm as contractions: the one definition both backends schedule ----------------
 
 
-def _matmul(lowering: GroupLowering, node: Node) -> list[Stmt]:
+def _matmul(lowering: GroupLowering, node: Node) -> Contraction:
     """numpy's matmul: batch dims broadcast; a rank-1 A is a row, a rank-1 B a column, and their
     unit dimension is dropped from the result."""
     a, b = node.inputs
@@ -352,10 +371,10 @@ def _matmul(lowering: GroupLowering, node: Node) -> list[Stmt]:
         return lowering.store(y, out, acc)
 
     shape = GemmShape(math.prod(batch), a_shape[-2], b_shape[-1], a_shape[-1], dtype)
-    return contraction_loops(lowering, Contraction(shape, batch, operand(a, a_shape), operand(b, b_shape), write))
+    return Contraction(shape, batch, operand(a, a_shape), operand(b, b_shape), write)
 
 
-def _gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
+def _gemm(lowering: GroupLowering, node: Node) -> Contraction:
     """ONNX Gemm (and torch's linear): alpha * op(A) @ op(B) + beta * C, C broadcast to the
     result. Without trans_a, A may be [*leading, K]: its leading axes are the rows, flattened."""
     a, b, *bias = node.inputs
@@ -390,7 +409,7 @@ def _gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
         return lowering.store(y, index, result)
 
     shape = GemmShape(1, rows, columns, depth, dtype)
-    return contraction_loops(lowering, Contraction(shape, (), a_at, b_at, write))
+    return Contraction(shape, (), a_at, b_at, write)
 
 
 def _row_major(row: Expr, column: Expr, width: int, shape: Sequence[int]) -> Sequence[Expr]:
@@ -403,4 +422,22 @@ def _row_major(row: Expr, column: Expr, width: int, shape: Sequence[int]) -> Seq
     return unflatten(row * width + column, shape)
 
 
-TEMPLATES_GEMM: dict[str, Callable[[GroupLowering, Node], list[Stmt]]] = {"matmul": _matmul, "gemm": _gemm}
+_CONTRACTIONS: dict[str, Callable[[GroupLowering, Node], Contraction]] = {"matmul": _matmul, "gemm": _gemm}
+
+
+def contraction(lowering: GroupLowering, node: Node) -> Contraction:
+    """The `Contraction` of a matmul or gemm node: its shape, how A and B are read and how a
+    result is written. Every backend's GEMM schedule starts here (the CPU's `contraction_loops`,
+    the GPU's block tiles in `backends.cuda.templates_gpu_gemm`), so matmul and gemm are defined once."""
+    if node.op not in _CONTRACTIONS:
+        raise ValueError(f"{node.op} is not a contraction template's op (one of {sorted(_CONTRACTIONS)})")
+    return _CONTRACTIONS[node.op](lowering, node)
+
+
+def _contraction_template(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    return contraction_loops(lowering, contraction(lowering, node))
+
+
+TEMPLATES_GEMM: dict[str, Callable[[GroupLowering, Node], list[Stmt]]] = dict.fromkeys(
+    _CONTRACTIONS, _contraction_template
+)

@@ -106,6 +106,8 @@ class Evaluator:
     def call(self, expr: Call):
         if expr.name == "fma" and expr.dtype in (DType.f32, DType.f16, DType.bf16) and len(expr.args) == 3:
             return fma(*(self.eval(arg) for arg in expr.args), expr.dtype)
+        if expr.name == "dot4_u8s8" and expr.dtype == DType.i32 and all(a.dtype == DType.i32 for a in expr.args):
+            return dot4_u8s8(*(self.eval(arg) for arg in expr.args))
         raise self.fail(f"the interpreter has no intrinsic {expr.name}<{expr.dtype}>")
 
 
@@ -250,3 +252,15 @@ def fma(a, b, c, dtype: DType):
         total = np.where(nudge, np.nextafter(total, np.where(error > 0, np.inf, -np.inf)), total)
         single = total.astype(np.float32)
     return _like(single, dtype)
+
+
+def dot4_u8s8(acc, a, b):
+    """acc + sum over the 4 bytes q of u8(byte q of a) * s8(byte q of b), wrapping in i32 (what
+    `vpdpbusd` does per lane). The products and their sum are exact in i64; the one wrap is at the end."""
+    total = np.asarray(acc).astype(np.int64)
+    a_bits, b_bits = (np.asarray(x).astype(np.int32).view(np.uint32).astype(np.int64) for x in (a, b))
+    for q in range(4):
+        unsigned = (a_bits >> (8 * q)) & 0xFF
+        signed = ((b_bits >> (8 * q)) & 0xFF) ^ 0x80
+        total = total + unsigned * (signed - 0x80)
+    return _like(total.astype(np.uint64).astype(np.uint32).view(np.int32), DType.i32)

@@ -245,6 +245,9 @@ class Call(Expr):
     """A target intrinsic; backends map names to their own. The names:
 
     - `fma(a, b, c)`: a * b + c rounded once (floats);
+    - `dot4_u8s8(acc, a, b)` (all i32): acc + sum over the bytes q = 0..3 of u8(byte q of a) *
+      s8(byte q of b), wrapping in i32 (byte 0 is the least significant). The int8 GEMM's step: on
+      AVX-512 VNNI sixteen lanes of it are one `vpdpbusd`; elsewhere it is plain i32 arithmetic;
     - `shfl_xor(value, mask)`: lane l receives `value` from lane l ^ mask of its warp (its own
       value where that lane would be past 31);
     - `shfl_down(value, delta)`: lane l receives `value` from lane l + delta (its own past 31);

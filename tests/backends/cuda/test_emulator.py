@@ -156,3 +156,20 @@ def test_a_barrier_one_thread_skips_is_reported_as_a_deadlock_not_a_hang(rows):
         r"warp shuffle, and 1 finished the kernel without reaching them",
     ):
         CudaExecutor(program, driver=EmulatorDriver(program, timeout=5.0)).run(inputs)
+
+
+def test_int8_matmul_with_vnni_dot_products_is_exact_in_the_emulator():
+    """The CPU's int8 GEMM (dot4_u8s8, i32 sums that wrap) printed as CUDA C: exact, which needs
+    the printer's wrapping i32 arithmetic (C's signed overflow is undefined)."""
+    from ir import DType, GraphBuilder
+
+    rng = np.random.default_rng(0)
+    builder = GraphBuilder("int8")
+    a = builder.input("a", (8, 20), DType.u8)
+    w = builder.constant(rng.integers(-128, 128, (20, 12)).astype(np.int8), "w")
+    graph = builder.build(builder.op("matmul_integer", a, w, builder.constant(np.array(3, np.uint8), "za")))
+    model = compiler.compile(graph, target="cuda", arch="sm_80")
+    assert "kiln_dot4_u8s8(" in model.program.code["cuda_source"]
+    x = rng.integers(0, 256, (8, 20)).astype(np.uint8)
+    (got,) = CudaExecutor(model.program, driver=EmulatorDriver(model.program)).run([x])
+    np.testing.assert_array_equal(got, ir.run(graph, [x])[0])

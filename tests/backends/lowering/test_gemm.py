@@ -111,9 +111,30 @@ def test_tiles_fill_the_vector_registers_of_the_host_width():
     assert choose_tiles(big, 512) == GemmTiles(6, 64, block_tiles=16, pack_b=True)  # 6 x 4 zmm accumulators
     assert choose_tiles(big, 256) == GemmTiles(6, 16, block_tiles=16, pack_b=True)  # 6 x 2 ymm
     narrow = choose_tiles(GemmShape(1, 3, 20, 7, DType.f32), 512)
-    assert (narrow.mr, narrow.nr, narrow.pack_b) == (3, 16, False)  # no tile mostly edge; too few rows to pack for
+    assert (narrow.mr, narrow.nr, narrow.pack_b) == (3, 20, False)  # one panel of all 20; too few rows to pack for
     with pytest.raises(ValueError):
         GemmTiles(0, 16)
+
+
+@pytest.mark.parametrize("n, bits, nr", [(1, 512, 1), (8, 512, 8), (16, 512, 16), (24, 512, 24), (64, 512, 64),
+                                         (65, 512, 64), (200, 512, 64), (12, 256, 12), (24, 256, 16)])  # fmt: skip
+def test_an_output_narrower_than_a_tile_is_one_panel_of_its_own_width(n, bits, nr):
+    """MR x N with N lanes when N fits in a tile: every column once, A read once."""
+    assert choose_tiles(GemmShape(1, 4096, n, 16, DType.f32), bits).nr == nr
+
+
+@pytest.mark.parametrize("cols, parts", [
+    (64, [(0, 64, "V")]),
+    (24, [(0, 16, "V"), (16, 8, "V")]),
+    (30, [(0, 16, "V"), (16, 8, "V"), (24, 4, "V"), (28, 2, "S")]),
+    (12, [(0, 8, "V"), (8, 4, "V")]),
+    (7, [(0, 4, "V"), (4, 3, "S")]),
+    (3, [(0, 3, "S")]),
+])  # fmt: skip
+def test_tile_columns_are_whole_vectors_of_16_8_and_4_lanes_then_a_serial_rest(cols, parts):
+    kinds = {LoopKind.VECTORIZED: "V", LoopKind.SERIAL: "S"}
+    got = [(start, width, kinds[kind]) for start, width, kind in templates_gemm._column_parts(cols)]
+    assert got == parts
 
 
 # -- through the kernel interpreter (tiny tiles: edges in tiny shapes) ------------------------------
@@ -165,6 +186,37 @@ def test_low_precision_and_integers_in_the_interpreter(dtype):
     _assert_product_close(got, graph, inputs, 3)
 
 
+@pytest.mark.parametrize("schedule", ["tile", "registers"])
+@pytest.mark.parametrize("n", [13, 30])
+def test_narrow_panels_of_8_and_4_lanes_in_the_interpreter(n, schedule):
+    """The real cost model's one-panel tiles (13 = 8 + 4 + 1 serial, 30 = 16 + 8 + 4 + 2), with
+    an edge row tile, every load and store bounds-checked."""
+    graph = _gemm_graph(7, n, 5, bias=(n,))
+    inputs = _inputs(graph)
+    tiles = dataclasses.replace(choose_tiles(GemmShape(1, 7, n, 5, DType.f32), 512), mr=3)
+    tiles = dataclasses.replace(tiles, accumulators=schedule)
+    with override_tiles(lambda shape: tiles):
+        (got,) = run_lowered(graph, inputs)
+    _assert_product_close(got, graph, inputs, 5)
+
+
+def test_contraction_is_the_public_definition_of_matmul_and_gemm():
+    """`contraction(lowering, node)` gives what the CPU loops and the GPU templates schedule."""
+    from backends.lowering.group import GroupLowering
+
+    cases = [(_matmul_graph((2, 1, 3, 4), (3, 4, 5)), GemmShape(6, 3, 5, 4, DType.f32), (2, 3)),
+             (_gemm_graph(7, 9, 5, trans_a=True, bias=(9,)), GemmShape(1, 7, 9, 5, DType.f32), ())]  # fmt: skip
+    for graph, shape, batch in cases:
+        fused, _ = lower_graph(graph)
+        (group,) = [n for n in fused.nodes if n.op == "fused"]
+        lowering = GroupLowering(group.attrs["body"], "k")
+        (node,) = [n for n in lowering.body.nodes if n.op in ("matmul", "gemm")]
+        problem = templates_gemm.contraction(lowering, node)
+        assert (problem.shape, problem.batch_shape) == (shape, batch)
+    with pytest.raises(ValueError, match="not a contraction"):
+        templates_gemm.contraction(lowering, group)
+
+
 def test_the_top_level_is_one_loop_over_tiles_with_vector_column_loops():
     graph = _matmul_graph((5, 3), (3, 33))
     with override_tiles(lambda shape: TINY):
@@ -190,6 +242,10 @@ CPU_MATMULS = [
     ((2, 1, 7, 9), (3, 9, 70)),  # batch broadcast
     ((9,), (9, 40)),
     ((3, 5, 9), (9,)),
+    ((50, 8), (8, 8)),  # skinny: one panel of 8 lanes
+    ((61, 16), (16, 4)),
+    ((37, 24), (24, 24)),  # 16 + 8 lanes
+    ((29, 20), (20, 33)),  # 16 + 8 + 4 lanes and a serial column
 ]
 
 
@@ -245,3 +301,14 @@ def test_the_gemm_kernel_uses_vector_fmas_on_zmm_registers():
     assembly = compile_module(emit_module(kernels, "gemm")).assembly
     fmas = re.findall(r"vfmadd\d+ps\s+[^\n]*%zmm", assembly)
     assert len(fmas) >= 24, f"{len(fmas)} zmm FMAs in:\n{assembly[:3000]}"
+
+
+@pytest.mark.skipif(templates_gemm.host_vector_bits() < 256, reason="the host has no AVX (no ymm registers)")
+def test_a_gemm_eight_columns_wide_uses_ymm_fmas():
+    """N = 8 is one ymm per row of the tile, not eight serial columns."""
+    from backends.llvm import compile_module, emit_module
+
+    _, kernels = lower_graph(_matmul_graph((96, 8), (8, 8)))
+    assembly = compile_module(emit_module(kernels, "gemm")).assembly
+    fmas = re.findall(r"vfmadd\d+ps\s+[^\n]*%ymm", assembly)
+    assert len(fmas) >= 6, f"{len(fmas)} ymm FMAs in:\n{assembly[:3000]}"

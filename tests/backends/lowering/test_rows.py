@@ -6,14 +6,18 @@ float results agree within a bound that grows with the row length: `_row_toleran
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import compiler
 import ir
+from backends.lowering import rows
+from backends.lowering.expr import const
 from backends.lowering.group import lower_group
 from ir import DType, GraphBuilder
-from ir.loop import For, LoopKind
+from ir.loop import Binary, For, LoopKind
 from tests.backends.lowering.lowered import assert_close, lower_graph, run_lowered
 
 _RNG = np.random.default_rng(17)
@@ -144,3 +148,84 @@ def test_softmax_of_fully_masked_rows_is_nan_and_integer_sums_are_exact():
     assert np.isnan(soft[1:]).all() and not np.isnan(soft[0]).any()
     assert_close(soft, expected_soft, DType.f32, "softmax")
     np.testing.assert_array_equal(total, expected_total)
+
+
+# -- the per-row work ------------------------------------------------------------------------------
+
+
+def _loops(body, inside_vectorized=False):
+    """(loop, whether it is inside a vectorized loop) for every For of `body`, outermost first."""
+    for stmt in body:
+        if isinstance(stmt, For):
+            yield stmt, inside_vectorized
+            yield from _loops(stmt.body, inside_vectorized or stmt.kind is LoopKind.VECTORIZED)
+
+
+def _divisions(node) -> int:
+    """The `div` operations in an expression or statement of the kernel IR."""
+    if isinstance(node, Binary):
+        return (node.op == "div") + _divisions(node.a) + _divisions(node.b)
+    if isinstance(node, tuple):
+        return sum(_divisions(item) for item in node)
+    if isinstance(node, For):
+        return _divisions(node.body)
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return sum(_divisions(getattr(node, f.name)) for f in dataclasses.fields(node))
+    return 0
+
+
+@pytest.mark.parametrize("op, params", [("softmax", 0), ("layer_norm", 2), ("rms_norm", 1)])
+def test_row_writes_multiply_by_a_reciprocal_taken_once_per_row(op, params):
+    """A 16-lane division costs ~10x a multiplication: none is left in the vectorized loops."""
+    attrs = dict(axis=-1) | (dict(epsilon=1e-5) if op.endswith("norm") else {})
+    graph, _ = _graph(op, (8, 256), DType.f32, params, **attrs)
+    fused, _ = lower_graph(graph)
+    (node,) = [n for n in fused.nodes if n.op == "fused"]
+    kernel = lower_group(node, "k")
+    vectorized = [loop for loop, _ in _loops(kernel.body) if loop.kind is LoopKind.VECTORIZED]
+    assert vectorized and all(_divisions(statement) == 0 for loop in vectorized for statement in loop.body)
+    (row,) = kernel.body
+    assert _divisions(tuple(s for s in row.body if not isinstance(s, For))) >= 1  # the reciprocal, per row
+
+
+def _leaves(expr) -> list[int]:
+    if isinstance(expr, Binary):
+        return _leaves(expr.a) + _leaves(expr.b)
+    return [int(expr.value)]
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 7, 16, 64])
+def test_partials_fold_by_halves_and_each_is_used_once(count):
+    """Partial k meets partial k + count/2 first (whole vectors added before any shuffle)."""
+    values = [const(k, DType.i64) for k in range(count)]
+    folded = rows._fold("add", values)
+    assert sorted(_leaves(folded)) == list(range(count))
+    if count >= 4 and count & (count - 1) == 0:
+        firsts = [sorted(_leaves(e)) for e in _pairs(folded)]
+        assert all(b - a == count // 2 for a, b in firsts), firsts
+
+
+def _pairs(expr):
+    """The innermost Binary nodes (two leaves each)."""
+    if isinstance(expr.a, Binary):
+        yield from _pairs(expr.a)
+        yield from _pairs(expr.b)
+    else:
+        yield expr
+
+
+def test_row_reductions_and_norms_on_the_cpu_target_at_benchmark_width():
+    """Rows of 1024 (the benchmark's): 64 lanes of partials, 16 steps each, the reciprocal writes."""
+    for op, params, attrs in [("softmax", 0, dict(axis=-1)), ("layer_norm", 2, dict(axis=-1, epsilon=1e-5)),
+                              ("group_norm", 2, dict(num_groups=2, epsilon=1e-5))]:  # fmt: skip
+        shape = (6, 4, 512) if op == "group_norm" else (6, 1024)
+        builder = GraphBuilder(op)
+        x = builder.input("x", shape, DType.f32)
+        extra = [
+            builder.input(f"p{i}", (shape[1] if op == "group_norm" else shape[-1],), DType.f32) for i in range(params)
+        ]
+        graph = builder.build(builder.op(op, x, *extra, **attrs))
+        arrays = [_RNG.uniform(-3, 3, shape).astype(np.float32)]
+        arrays += [_RNG.uniform(0.5, 2, v.type.shape).astype(np.float32) for v in graph.inputs[1:]]
+        fast = compiler.compile(graph, target="cpu", threads=2)
+        _compare(graph, arrays, _outputs(fast(*arrays)), f"{op} {shape}")
