@@ -178,21 +178,11 @@ def attention_template(
     )  # fmt: skip
     if plan is None:
         return None
-    lowering = _WholeAttentionLowering(body, name, source)
+    lowering = GroupLowering(body, name, source, keep_whole={ATTENTION})  # this template replaces its decomposition
     try:
         return _Attention(lowering, attention, plan).kernel(), TEMPLATE
     except EpilogueMismatch:  # an output reads the attention result at another element
         return None
-
-
-class _WholeAttentionLowering(GroupLowering):
-    """The CPU lowering's element expressions over the group body as it is: `GroupLowering`
-    expands composite ops into their decomposition, which this template replaces, so the body
-    (whose inputs the expansion keeps, hence the parameters) is put back after."""
-
-    def __init__(self, body: Graph, name: str, source: str) -> None:
-        super().__init__(body, name, source)
-        self.body, self.producers = body, body.producers
 
 
 class _Attention:

@@ -8,7 +8,8 @@ expression is recomputed per read). A materialized value that is a group output 
 straight into the output parameter. When a template's result feeds, through inlinable ops
 only, exactly one group output of the same shape, that output's expression is applied to the
 template's result as it is stored (the epilogue: bias, activation, residual), and the
-intermediate never reaches memory.
+intermediate never reaches memory. Composite ops (attention) are expanded into their
+decomposition first, unless a template lowers them whole (`templates_attention`; `keep_whole`).
 
 Values are read in their storage dtype; each op computes in its compute dtype (f32 for
 f16/bf16, as the graph interpreter does) and rounds its result to its declared dtype.
@@ -16,7 +17,7 @@ f16/bf16, as the graph interpreter does) and rounds its result to its declared d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -43,8 +44,10 @@ class EpilogueMismatch(Exception):
 class GroupLowering:
     """Builds the kernel of one group; `templates` call back into `element` and `store`."""
 
-    def __init__(self, body: Graph, name: str, source: str = "") -> None:
-        self.body = expand_composites(body)
+    def __init__(self, body: Graph, name: str, source: str = "", keep_whole: Collection[str] | None = None) -> None:
+        """`keep_whole`: the composite ops left in the body for a template that lowers them whole
+        (the GPU's attention template); by default those that `template_table` has a template for."""
+        self.body = expand_composites(body, keep=whole_templates() if keep_whole is None else keep_whole)
         self.name, self.source = name, source
         self.names = Names()
         self.producers = self.body.producers
@@ -194,8 +197,7 @@ class GroupLowering:
     # -- the kernel -------------------------------------------------------------------------
 
     def kernel(self) -> Kernel:
-        from backends.lowering.templates import TEMPLATES
-
+        templates = template_table()
         self.epilogues: dict[Value, Value] = {}
         for node in self.body.nodes:
             if node.op == "const" or (inlinable(node) and not self._shared(node)):
@@ -209,7 +211,7 @@ class GroupLowering:
                         vectorize=True,
                     )  # fmt: skip
                 continue
-            template = TEMPLATES.get(node.op)
+            template = templates.get(node.op)
             if template is None:
                 raise LoweringError(f"{self.name}: no lowering for {node.op}")
             for value in node.outputs:
@@ -311,10 +313,32 @@ def _identifier(text: str) -> str:
     return cleaned if cleaned[:1].isalpha() or cleaned[:1] == "_" else f"v{cleaned}"
 
 
-def expand_composites(body: Graph) -> Graph:
+Template = Callable[[GroupLowering, Node], list[Stmt]]
+"""A template: the statements that compute a node's outputs into their buffers (`templates`)."""
+
+
+def template_table() -> dict[str, Template]:
+    """Op -> template: `templates.TEMPLATES` (imported here, late, because the templates import
+    this module)."""
+    from backends.lowering.templates import TEMPLATES
+
+    return TEMPLATES
+
+
+def whole_templates() -> frozenset[str]:
+    """The composite ops a template lowers whole: `expand_composites` leaves them in the body."""
+    return frozenset(op for op in template_table() if _composite(op))
+
+
+def _composite(op: str) -> bool:
+    definition = get_op(op)
+    return definition.decompose is not None and definition.reference is None
+
+
+def expand_composites(body: Graph, keep: Collection[str] = ()) -> Graph:
     """The body with composite ops (attention) replaced by their decompositions, computed in
-    the compute dtype of their inputs."""
-    if not any(get_op(n.op).decompose and n.op != "fused" for n in body.nodes):
+    the compute dtype of their inputs; the ops in `keep` stay whole, for their templates."""
+    if not any(_composite(n.op) and n.op not in keep for n in body.nodes):
         return body
     builder = GraphBuilder(body.name)
     builder.adopt_inputs(body.inputs)
@@ -325,7 +349,7 @@ def expand_composites(body: Graph) -> Graph:
         if node.op == "const":
             builder.append(node, body.constants[node.attrs["name"]])
             env[node.outputs[0]] = node.outputs[0]
-        elif definition.decompose is not None and definition.reference is None:
+        elif _composite(node.op) and node.op not in keep:
             # The interpreter runs a decomposition on its f32 compute arrays and rounds only
             # the results: so do its pieces here, not each in the op's f16/bf16.
             wide = [_cast(builder, v, compute_dtype(v.type.dtype)) for v in inputs]

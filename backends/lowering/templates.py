@@ -26,6 +26,7 @@ import numpy as np
 from backends.lowering.expr import Unflattened, const, i64, unflatten
 from backends.lowering.group import GroupLowering, compute_dtype
 from backends.lowering.rows import ROW_TEMPLATES, merge_index, row_offset, row_reduce, vector_kind
+from backends.lowering.templates_attention import TEMPLATES_ATTENTION
 from backends.lowering.templates_gemm import TEMPLATES_GEMM
 from backends.lowering.templates_nn import TEMPLATES_NN
 from backends.lowering.templates_quant import TEMPLATES_QUANT
@@ -214,6 +215,7 @@ TEMPLATES: dict[str, Callable[[GroupLowering, Node], list[Stmt]]] = {
     **ROW_TEMPLATES,
     "global_avg_pool": _global_avg_pool,
     **TEMPLATES_GEMM,
+    **TEMPLATES_ATTENTION,
     **TEMPLATES_QUANT,  # after TEMPLATES_GEMM: its matmul takes the int8 form, passing on the rest
     **TEMPLATES_NN,
     **TEMPLATES_SCAN,
