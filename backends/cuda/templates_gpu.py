@@ -260,23 +260,27 @@ class _Row:
         return statements, acc
 
     def write(self, value: Value, offset: Expr, result: Expr) -> list[Stmt]:
-        """Store every group output at `offset`, the node's `value` there being `result`: the
-        epilogue reads it where it was computed, as `GroupLowering.store` does on the CPU."""
-        lowering = self.lowering
-        held = lowering.var("y", value.type.dtype)
-        statements: list[Stmt] = [Assign(held, result.cast(value.type.dtype))]
-        # The offset as `flat_index` writes it, which the epilogue's reads compare with (0 for a
-        # one-element value, whichever row variable carried it).
-        lowering.overrides[value] = (flat_index(unflatten(offset, value.type.shape), value.type.shape), Ref(held))
-        try:
-            for output, buffer in zip(lowering.body.outputs, lowering.outputs):
-                if output.type.numel != value.type.numel:
-                    raise EpilogueMismatch
-                at = unflatten(offset, output.type.shape)
-                statements.append(Store(buffer, flat_index(at, output.type.shape), lowering.element(output, at)))
-        finally:
-            del lowering.overrides[value]
-        return statements
+        return write_outputs(self.lowering, value, offset, result)
+
+
+def write_outputs(lowering: GroupLowering, value: Value, offset: Expr, result: Expr) -> list[Stmt]:
+    """Store every group output at flat `offset`, the node's `value` there being `result`: the
+    epilogue reads it where it was computed, as `GroupLowering.store` does on the CPU. Every GPU
+    template that holds one element of its node's result per thread writes through this."""
+    held = lowering.var("y", value.type.dtype)
+    statements: list[Stmt] = [Assign(held, result.cast(value.type.dtype))]
+    # The offset as `flat_index` writes it, which the epilogue's reads compare with (0 for a
+    # one-element value, whichever row variable carried it).
+    lowering.overrides[value] = (flat_index(unflatten(offset, value.type.shape), value.type.shape), Ref(held))
+    try:
+        for output, buffer in zip(lowering.body.outputs, lowering.outputs):
+            if output.type.numel != value.type.numel:
+                raise EpilogueMismatch
+            at = unflatten(offset, output.type.shape)
+            statements.append(Store(buffer, flat_index(at, output.type.shape), lowering.element(output, at)))
+    finally:
+        del lowering.overrides[value]
+    return statements
 
 
 def _rows(lowering: GroupLowering, node: Node, first: int, threads_per_row: int | None) -> Kernel:

@@ -40,7 +40,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backends.lowering.expr import Unflattened, const, flat_index, i64, unflatten
+from backends.cuda.templates_gpu import write_outputs
+from backends.lowering.expr import Unflattened, const, i64, unflatten
 from backends.lowering.group import EpilogueMismatch, GroupLowering, compute_dtype, inlinable
 from backends.lowering.indexing import broadcast_index
 from ir import DType, Graph, Node, Value
@@ -333,29 +334,12 @@ class _Attention:
 
         def write(c: Expr, column: Expr) -> list[Stmt]:
             offset = self._index(y, Ref(self.query), column).offset
-            statements = self._write(y, offset, Load(self.acc, c) / Ref(self.sum))
+            statements = write_outputs(self.lowering, y, offset, Load(self.acc, c) / Ref(self.sum))
             if plan.value_features % plan.width:
                 return [If(column.lt(i64(plan.value_features)), tuple(statements))]
             return statements
 
         return self._each_column(write)
-
-    def _write(self, value: Value, offset: Expr, result: Expr) -> list[Stmt]:
-        """Store every group output at `offset`, `value` there being `result`: the epilogue reads
-        it where it was computed (as `GroupLowering.store` does on the CPU)."""
-        lowering = self.lowering
-        held = lowering.var("y", value.type.dtype)
-        statements: list[Stmt] = [Assign(held, result.cast(value.type.dtype))]
-        lowering.overrides[value] = (offset, Ref(held))
-        try:
-            for output, buffer in zip(lowering.body.outputs, lowering.outputs):
-                if output.type.numel != value.type.numel:
-                    raise EpilogueMismatch
-                at = unflatten(offset, output.type.shape)
-                statements.append(Store(buffer, flat_index(at, output.type.shape), lowering.element(output, at)))
-        finally:
-            del lowering.overrides[value]
-        return statements
 
 
 # -- the tile math: FMA on the CUDA cores ---------------------------------------------------------

@@ -44,7 +44,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backends.lowering.expr import flat_index, i64, unflatten
+from backends.cuda.templates_gpu import write_outputs
+from backends.lowering.expr import i64, unflatten
 from backends.lowering.group import EpilogueMismatch, GroupLowering, inlinable
 from backends.lowering.templates_gemm import TEMPLATES_GEMM, Contraction, contraction
 from ir import DType, Node
@@ -253,7 +254,7 @@ class _Tiled:
         statements: list[Stmt] = []
         for stmt in self.problem.write(self.batch_index, i, j, acc):
             if isinstance(stmt, Store) and stmt.buffer is self.staging:
-                statements += self._outputs_at(stmt.index, stmt.value)
+                statements += write_outputs(self.lowering, self.y, stmt.index, stmt.value)
             else:
                 statements.append(stmt)
         guards = [g for g, edge in ((i.lt(i64(shape.m)), shape.m % self.bm), (j.lt(i64(shape.n)), shape.n % self.bn))
@@ -261,23 +262,6 @@ class _Tiled:
         if not guards:
             return statements
         return [If(guards[0] if len(guards) == 1 else Binary("and", *guards), tuple(statements))]
-
-    def _outputs_at(self, offset: Expr, result: Expr) -> list[Stmt]:
-        """Every group output at flat `offset`, the product there being `result` (as
-        `templates_gpu._Row.write`)."""
-        lowering, y = self.lowering, self.y
-        held = lowering.var("y", y.type.dtype)
-        statements: list[Stmt] = [Assign(held, result)]
-        lowering.overrides[y] = (offset, Ref(held))
-        try:
-            for output, buffer in zip(lowering.body.outputs, lowering.outputs):
-                if output.type.numel != y.type.numel:
-                    raise EpilogueMismatch
-                at = unflatten(offset, output.type.shape)
-                statements.append(Store(buffer, flat_index(at, output.type.shape), lowering.element(output, at)))
-        finally:
-            del lowering.overrides[y]
-        return statements
 
     def transposed(self, operand: int) -> bool:
         """Whether operand 0 (A) or 1 (B) is read across K in memory (gemm's trans flags): the
