@@ -23,44 +23,15 @@ from backends.cuda.templates_gpu_attention import SHARED_LIMIT, TEMPLATE, plan_a
 from ir import DType, Graph, GraphBuilder
 from ir.loop import Barrier, For, If, RaceError, run_lockstep
 from passes import make_pass
+from tests.backends.attention_cases import BATCH, HEADS, SDPA
+from tests.backends.attention_cases import attention_graph as _attention
+from tests.backends.attention_cases import attention_inputs as _inputs
 from tests.backends.cuda.kernels import requires_nvrtc
 from tests.backends.cuda.test_nvrtc import LOCAL_BYTES_PER_THREAD, REGISTERS_PER_SM, SHARED_BYTES_PER_BLOCK
 from tests.backends.lowering.lowered import assert_close
 
-SDPA = "scaled_dot_product_attention"
-BATCH, HEADS = 2, 2
 SCHEDULED: dict[str, GpuKernel] = {}
 """Every attention kernel the tests ran, by name: the NVRTC test compiles them."""
-
-
-def _attention(
-    length: int, source: int, features: int, dtype: DType, causal: bool, mask: str | None, scale: float | None = None
-) -> Graph:
-    """q [2,2,L,E], k [2,2,S,E], v [2,2,S,E]; a bool mask [2,1,L,S] (broadcast over heads) or a
-    float mask [L,S]."""
-    builder = GraphBuilder("attention")
-    q = builder.input("q", (BATCH, HEADS, length, features), dtype)
-    k = builder.input("k", (BATCH, HEADS, source, features), dtype)
-    v = builder.input("v", (BATCH, HEADS, source, features), dtype)
-    masks = {"bool": ((BATCH, 1, length, source), DType.bool), "float": ((length, source), dtype)}
-    extra = [builder.input("mask", *masks[mask])] if mask else []
-    return builder.build(builder.op(SDPA, q, k, v, *extra, causal=causal, scale=scale))
-
-
-def _inputs(graph: Graph, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for value in graph.inputs:
-        shape, dtype = value.type.shape, value.type.dtype
-        if dtype == DType.bool:  # mostly allowed; the last query row of batch 0 may attend nothing
-            allowed = rng.random(shape) < 0.7
-            allowed[0, :, -1, :] = False
-            arrays.append(allowed)
-        elif value.name == "mask":  # additive: some keys shut out with -inf, the rest shifted
-            arrays.append(np.where(rng.random(shape) < 0.2, -np.inf, rng.uniform(-1, 1, shape)).astype(dtype.numpy))
-        else:
-            arrays.append(rng.uniform(-2, 2, shape).astype(dtype.numpy))
-    return arrays
 
 
 def _check(graph: Graph, node=None, check_races: bool = False, **options) -> GpuKernel:
