@@ -4,11 +4,15 @@ no model, no GPU.
 `KILN_CUDA_EMULATE` picks the driver; the host prelude's f16/bf16 conversions are bit-exact with
 numpy and ml_dtypes over every 16-bit pattern (widening) and over values that hit every rounding
 case (narrowing: exact values, ties, one f32 ulp either side); a machine without g++ gets an error
-that says to install it.
+that says to install it. Atomics and dynamic shared memory are exact and race-free in every mode.
+In race mode only barriers order memory, as on the device: a store that another lane reads with
+only warp shuffles between them is a race (its own warp's lane or the other warp's), the shuffles'
+own value exchange is none, and a shuffle one lane skips is still reported as a deadlock.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import ml_dtypes
@@ -23,6 +27,9 @@ from runtime.cuda_emulator import (
     EmulationModeError,
     EmulatorDriver,
     EmulatorUnavailableError,
+    KernelBoundsError,
+    KernelDeadlockError,
+    KernelRaceError,
     build,
     emulator_unavailable,
     host_compiler,
@@ -187,3 +194,210 @@ def test_narrowing_to_f16_and_bf16_rounds_to_nearest_even_as_numpy_and_ml_dtypes
     assert np.all(got_f16[~numbers] == 0x7FFF)
     # bf16: ml_dtypes' rule for NaNs too (the quiet NaN of its sign; the CPU backend's twin does the same).
     np.testing.assert_array_equal(to_bf16.view(np.uint16), wanted_bf16.view(np.uint16))
+
+
+# -- dynamic shared memory and atomics --------------------------------------------------------------
+
+# A histogram: each block counts its values in dynamic shared memory (64 KiB: past the 48 KiB a
+# block may declare statically) with shared-memory atomics, then adds its counts to the global
+# ones with global atomics. Every thread of a block hits the same few bins, so the atomics matter.
+HISTOGRAM = """
+#include "prelude.h"
+
+extern "C" __global__ void k0_histogram(const int32_t* __restrict__ values, int32_t* __restrict__ counts,
+                                        float* __restrict__ total, int32_t* __restrict__ stats) {
+  KILN_DYNAMIC_SHARED(kiln_shared);
+  int32_t* bins = (int32_t*)kiln_shared;
+  for (int b = threadIdx.x; b < BINS; b += blockDim.x) bins[b] = 0;
+  __syncthreads();
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  atomicAdd(&bins[values[i] % BINS], 1);
+  atomicAdd(total, (float)values[i]);
+  atomicMax(&stats[0], values[i]);
+  atomicMin(&stats[1], values[i]);
+  if (atomicCAS(&stats[3], 0, i + 1) == 0) atomicAdd(&stats[2], 1);  // exactly one thread wins
+  __syncthreads();
+  for (int b = threadIdx.x; b < BINS; b += blockDim.x)
+    if (bins[b]) atomicAdd(&counts[b], bins[b]);
+}
+"""
+BINS, BLOCKS, THREADS = 16384, 3, 64
+
+
+def histogram_program(source: str = HISTOGRAM, shared_bytes: int = 4 * BINS) -> Program:
+    buffers = (
+        BufferSpec("values", "int32", (BLOCKS * THREADS,), "input"),
+        BufferSpec("counts", "int32", (BINS,), "output"),
+        BufferSpec("total", "float32", (1,), "output"),
+        BufferSpec("stats", "int32", (4,), "output"),
+    )
+    launch = Launch("k0_histogram", (0, 1, 2, 3), writes=(1, 2, 3), grid=(BLOCKS, 1, 1), block=(THREADS, 1, 1),
+                    shared_bytes=shared_bytes)  # fmt: skip
+    return Program(
+        name="histogram",
+        buffers=buffers,
+        inputs=(0,),
+        outputs=(1, 2, 3),
+        constants={},
+        launches=(launch,),
+        arena_bytes=0,
+        target="cuda",
+        code={
+            "cuda_source": source.replace("BINS", str(BINS)),
+            "prelude": PRELUDE.read_text(),
+            "cubins": {"sm_80": ""},
+        },
+    )
+
+
+def histogram_inputs() -> np.ndarray:
+    # Few distinct values (many threads per bin), all below 2^24 so the f32 total is exact in any order.
+    return np.random.default_rng(0).integers(0, 40, BLOCKS * THREADS).astype(np.int32) * 1000 + 7
+
+
+@requires_gxx
+@pytest.mark.parametrize("mode", ["plain", "race", "bounds"])
+def test_atomics_and_dynamic_shared_memory_are_exact_and_race_free_in_every_mode(mode):
+    values = histogram_inputs()
+    program = histogram_program()
+    counts, total, stats = CudaExecutor(program, driver=EmulatorDriver(program, mode)).run([values])
+    np.testing.assert_array_equal(counts, np.bincount(values % BINS, minlength=BINS))
+    assert total[0] == values.sum()
+    # stats[3] is the CAS winner's id + 1; outputs start zeroed (the emulator's allocations).
+    assert stats[0] == values.max() and stats[1] == min(values.min(), 0) and stats[2] == 1 and stats[3] >= 1
+
+
+@requires_gxx
+def test_a_plain_increment_in_place_of_a_shared_atomic_is_reported_as_a_race():
+    program = histogram_program(
+        HISTOGRAM.replace("atomicAdd(&bins[values[i] % BINS], 1);", "++bins[values[i] % BINS];")
+    )
+    with pytest.raises(KernelRaceError, match=r"data race in kernel k0_histogram.*kiln_module\.cu:\d+ `\+\+bins\["):
+        CudaExecutor(program, driver=EmulatorDriver(program, "race")).run([histogram_inputs()])
+
+
+@requires_gxx
+def test_dynamic_shared_memory_past_the_launchs_size_is_reported_in_bounds_mode():
+    program = histogram_program(shared_bytes=4 * BINS - 4)  # one bin short
+    with pytest.raises(
+        KernelBoundsError,
+        match=rf"out-of-bounds write in kernel k0_histogram: dynamic shared memory \({4 * BINS - 4} bytes\) at byte "
+        rf"{4 * BINS - 4}, at kiln_module\.cu:\d+ `for \(int b",
+    ):
+        CudaExecutor(program, driver=EmulatorDriver(program, "bounds")).run([histogram_inputs()])
+
+
+# -- what orders memory under ThreadSanitizer: barriers, not shuffles --------------------------------
+
+# Two warps: each thread stores to shared memory, its warp sums x with shuffles, then it reads
+# another thread's store (READ: of a lane of its own warp, or of the other warp). On the device only
+# the __syncthreads orders the store before the read; the shuffles between them order nothing.
+SHUFFLES = """
+#include "prelude.h"
+
+extern "C" __global__ void k0_lanes(const float* __restrict__ x, float* __restrict__ y) {
+  __shared__ float s[64];
+  const int t = threadIdx.x;
+  s[t] = 2.0f * x[t];
+  float total = x[t];
+  SKIP for (int m = 16; m > 0; m >>= 1) total += __shfl_xor_sync(0xffffffffu, total, m);
+  __syncthreads();
+  y[t] = READ + total;
+}
+"""
+LANES = 64
+
+
+def shuffles_program(read: str = "s[t ^ 1] + s[t ^ 32]", barrier: bool = True, skip: str = "") -> Program:
+    source = SHUFFLES.replace("READ", read).replace("SKIP", skip)
+    if not barrier:
+        source = source.replace("__syncthreads();", "/* barrier dropped */")
+    buffers = (BufferSpec("x", "float32", (LANES,), "input"), BufferSpec("y", "float32", (LANES,), "output"))
+    return Program(
+        name="shuffles",
+        buffers=buffers,
+        inputs=(0,),
+        outputs=(1,),
+        constants={},
+        launches=(Launch("k0_lanes", (0, 1), writes=(1,), grid=(2, 1, 1), block=(LANES, 1, 1)),),
+        arena_bytes=0,
+        target="cuda",
+        code={"cuda_source": source, "prelude": PRELUDE.read_text(), "cubins": {"sm_80": ""}},
+    )
+
+
+def _run_shuffles(program: Program, mode: str, timeout: float = 20.0) -> np.ndarray:
+    x = np.arange(LANES, dtype=np.float32)
+    return CudaExecutor(program, driver=EmulatorDriver(program, mode, timeout)).run([x])[0]
+
+
+@requires_gxx
+@pytest.mark.parametrize("mode", ["plain", "race"])
+def test_shuffles_and_a_barrier_are_race_free_and_exact(mode):
+    """The shuffles' own value exchange is no race, and the barrier orders the stores (also for
+    the second block, which reuses the first one's shared memory)."""
+    x = np.arange(LANES, dtype=np.float32)
+    sums = np.repeat([x[:32].sum(), x[32:].sum()], 32)
+    t = np.arange(LANES)
+    np.testing.assert_array_equal(_run_shuffles(shuffles_program(), mode), 2 * x[t ^ 1] + 2 * x[t ^ 32] + sums)
+
+
+@requires_gxx
+@pytest.mark.parametrize("read", ["s[t ^ 1]", "s[t ^ 32]"], ids=["a lane of the same warp", "a lane of the other warp"])
+def test_shuffles_do_not_order_memory_in_race_mode(read):
+    """Without the barrier, a store read by another lane is a race though shuffles come between:
+    the emulator's shuffles wait on the block's mutex, which ThreadSanitizer must not see."""
+    with pytest.raises(KernelRaceError, match=r"data race in kernel k0_lanes: .*kiln_module\.cu:\d+ `.*s\[") as error:
+        _run_shuffles(shuffles_program(read, barrier=False), "race")
+    assert len(re.findall(r"kiln_module\.cu:\d+ `", str(error.value).splitlines()[0])) == 2
+
+
+@requires_gxx
+def test_a_shuffle_one_lane_skips_is_reported_as_a_deadlock_in_race_mode():
+    program = shuffles_program(skip="if (t != 3)")
+    with pytest.raises(
+        KernelDeadlockError,
+        match=r"kernel k0_lanes, block \(0,0,0\): deadlock: 33 thread\(s\) wait at __syncthreads, 31 at a warp "
+        r"shuffle, and 0 finished",
+    ):
+        _run_shuffles(program, "race", timeout=5.0)
+
+
+# -- warp votes ----------------------------------------------------------------------------------
+
+# One block of 48 threads: a full warp and a partial one of 16 lanes. Each lane votes on its value.
+VOTES = """
+#include "prelude.h"
+
+extern "C" __global__ void k0_votes(const int32_t* __restrict__ x, uint32_t* __restrict__ ballot,
+                                    int32_t* __restrict__ any, int32_t* __restrict__ all) {
+  const int t = threadIdx.x;
+  const unsigned b = __ballot_sync(0xFFFFFFFFu, x[t] > 0);
+  const int a = __any_sync(0xFFFFFFFFu, x[t] > 0), e = __all_sync(0xFFFFFFFFu, x[t] > 0);
+  if (t % 32 == 0) { ballot[t / 32] = b; any[t / 32] = a; all[t / 32] = e; }
+}
+"""
+
+
+def votes_program() -> Program:
+    buffers = (
+        BufferSpec("x", "int32", (48,), "input"),
+        BufferSpec("ballot", "uint32", (2,), "output"),
+        BufferSpec("any", "int32", (2,), "output"),
+        BufferSpec("all", "int32", (2,), "output"),
+    )
+    launch = Launch("k0_votes", (0, 1, 2, 3), writes=(1, 2, 3), grid=(1, 1, 1), block=(48, 1, 1))
+    code = {"cuda_source": VOTES, "prelude": PRELUDE.read_text(), "cubins": {"sm_80": ""}}
+    return Program("votes", buffers, (0,), (1, 2, 3), {}, (launch,), 0, code, "cuda")
+
+
+@requires_gxx
+@pytest.mark.parametrize("mode", ["plain", "race"])
+def test_warp_votes_count_the_lanes_of_full_and_partial_warps(mode):
+    program = votes_program()
+    x = np.zeros(48, np.int32)
+    x[[0, 5, 31]] = 1  # the full warp: three lanes vote yes
+    x[32:] = 1  # the partial warp (16 lanes): all do
+    ballot, any_, all_ = CudaExecutor(program, driver=EmulatorDriver(program, mode)).run([x])
+    assert ballot.tolist() == [(1 << 0) | (1 << 5) | (1 << 31), 0xFFFF]
+    assert any_.tolist() == [1, 1] and all_.tolist() == [0, 1]

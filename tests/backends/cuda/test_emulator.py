@@ -2,10 +2,17 @@
 
 Every kernel of the model tests runs through the real `CudaExecutor` at the test shapes and matches
 the graph interpreter: fp32 to 1e-5 (host libm against the interpreter's numpy: a few ulps), bf16
-to 2e-2 relative (one bf16 ulp is 2^-8, and a rounding that differs once propagates). The block-
-per-row softmax and layer-norm kernels (warp shuffles, shared memory, barriers) run under
-ThreadSanitizer; mutations of their source (a barrier dropped, a store shifted past the end, a
-barrier one thread skips) are caught as a race, an out-of-bounds store and a deadlock.
+to 2e-2 relative (one bf16 ulp is 2^-8, and a rounding that differs once propagates), fp16 to 3e-3
+(the same five ulps: one f16 ulp is 2^-11). The masked GPT block (layer norms, GEMMs, attention)
+runs under ThreadSanitizer in every precision, and so do the block-per-row softmax and layer-norm
+kernels (warp shuffles, shared memory, barriers); mutations of their source (a barrier dropped, a
+store shifted past the end, a barrier one thread skips) are caught as a race, an out-of-bounds
+store and a deadlock. (Tile-edge shapes, random graphs: test_emulator_kernels.py; mutations of
+the GEMM and attention kernels: test_emulator_mutations.py.)
+
+Cost per model test, CPU seconds on a loaded 2-core machine (g++ build, then the run): plain
+1.0-2.3 + under 0.15 (a block's threads are fibers); race 1.4-2.9 + 0.7-3.6 (a TSan child process
+per launch); bounds 1.8-5.0 + 0.2-1.2; NVRTC's compile, outside the emulator, 1-2 more.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ pytestmark = [
 ]
 
 MODELS = ["mlp", "resnet_cnn", "transformer_encoder_layer", "gpt_decoder_block", "gpt_decoder_block_masked"]
-TOLERANCE = {"fp32": (1e-5, 1e-5), "bf16": (2e-2, 2e-2)}
+TOLERANCE = {"fp32": (1e-5, 1e-5), "bf16": (2e-2, 2e-2), "fp16": (3e-3, 3e-3)}
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +67,28 @@ def model_programs():
     return compiled
 
 
-@pytest.mark.slow  # ~90 s on 2 cores: ten g++ builds (~70 s, the fixture), then under 1 s per model
+@pytest.mark.slow  # ~45 s of CPU: fifteen NVRTC compiles and g++ builds (the fixture), then the runs
 @pytest.mark.parametrize("precision", list(TOLERANCE))
 @pytest.mark.parametrize("name", MODELS)
 def test_every_kernel_of_the_model_tests_matches_the_interpreter_in_the_emulator(model_programs, name, precision):
     model, inputs = model_programs[name, precision]
-    executor = CudaExecutor(model.program, driver=EmulatorDriver(model.program))
+    _check_model(model, inputs, precision, "plain")
+
+
+@pytest.mark.slow  # race mode costs a TSan build and a child process per launch: ~5 s of CPU per model
+@pytest.mark.parametrize("precision", list(TOLERANCE))
+def test_the_gpt_block_is_race_free_under_thread_sanitizer(model_programs, precision):
+    """Every template at once: layer norms (block reductions), tensor-core GEMMs (f16/bf16; FMA
+    tiles in f32), the fused attention with its mask, pointwise epilogues."""
+    model, inputs = model_programs["gpt_decoder_block_masked", precision]
+    templates = set(model.program.code["templates"].values())
+    assert {"rows.layer_norm", "attention.fma", "pointwise"} <= templates
+    assert templates & {"gemm.mma", "gemm.fma"}
+    _check_model(model, inputs, precision, "race")
+
+
+def _check_model(model, inputs, precision: str, mode: str) -> None:
+    executor = CudaExecutor(model.program, driver=EmulatorDriver(model.program, mode))
     got = executor.run(inputs)
     expected = ir.run(model.graph, inputs)
     rtol, atol = TOLERANCE[precision]
@@ -159,8 +182,9 @@ def test_a_barrier_one_thread_skips_is_reported_as_a_deadlock_not_a_hang(rows):
 
 
 def test_int8_matmul_with_vnni_dot_products_is_exact_in_the_emulator():
-    """The CPU's int8 GEMM (dot4_u8s8, i32 sums that wrap) printed as CUDA C: exact, which needs
-    the printer's wrapping i32 arithmetic (C's signed overflow is undefined)."""
+    """The int8 GEMM printed as CUDA C (the tensor-core template, `kiln_mma_s8_u8s8`, with the zero
+    point taken back through B's column sums): exact, which needs the printer's wrapping i32
+    arithmetic (C's signed overflow is undefined). The dp4a form: tests/backends/cuda/test_gpu_quant.py."""
     from ir import DType, GraphBuilder
 
     rng = np.random.default_rng(0)
@@ -169,7 +193,7 @@ def test_int8_matmul_with_vnni_dot_products_is_exact_in_the_emulator():
     w = builder.constant(rng.integers(-128, 128, (20, 12)).astype(np.int8), "w")
     graph = builder.build(builder.op("matmul_integer", a, w, builder.constant(np.array(3, np.uint8), "za")))
     model = compiler.compile(graph, target="cuda", arch="sm_80")
-    assert "kiln_dot4_u8s8(" in model.program.code["cuda_source"]
+    assert "kiln_mma_s8_u8s8_x4(" in model.program.code["cuda_source"]
     x = rng.integers(0, 256, (8, 20)).astype(np.uint8)
     (got,) = CudaExecutor(model.program, driver=EmulatorDriver(model.program)).run([x])
     np.testing.assert_array_equal(got, ir.run(graph, [x])[0])
