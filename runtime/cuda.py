@@ -2,18 +2,22 @@
 
 Everything that does not change between runs is set up once: the cubin that fits the device is
 loaded, the constants are uploaded into one allocation, the arena is one allocation, and a
-launch table holds every kernel's argument pointers (kernels take `T*` parameters in
-`Launch.args` order) with the inputs' and outputs' slots filled per run. Two ways to run:
+launch table (`runtime.cuda_launch`) holds every kernel's argument pointers (kernels take `T*`
+parameters in `Launch.args` order) with the inputs' and outputs' slots filled per run. Two ways
+to run:
 
 - `run(arrays)`: numpy in, numpy out (copies through a staging allocation), synchronous;
 - `run_on_device(inputs, outputs, stream)`: device pointers in and out (a torch CUDA tensor's
   `data_ptr()`), no copies, asynchronous on `stream`.
 
-All that is done through a `CudaDriver`, a dozen calls; `PycudaDriver` is the real one (pycuda
-on the primary context of the device, the context the CUDA runtime and torch use, so memory is
-shared with torch; never pycuda.autoinit's own context). pycuda is imported when a
-`PycudaDriver` is made, not here, so `import runtime` works on a machine without a GPU; the
-logic above it is tested there with a driver that records what it is asked to do.
+With `cuda_graph=True` the launches are captured once into a CUDA graph and each later run
+replays it: one driver call per run instead of one per kernel (a program's shapes are static, so
+the graph stays valid). The graph's pointers are the staging slots', so `run_on_device` then
+copies its inputs in and its outputs out on the device (see `CudaExecutor._launch_staged`).
+
+All that is done through a `CudaDriver` (`runtime.cuda_driver`), a dozen calls;
+`runtime.cuda_pycuda.PycudaDriver` is the real one. The logic here is tested without a GPU with a
+driver that records what it is asked to do.
 
 A device that none of the program's cubins fits (cubins run on the same major architecture,
 same or later minor) gets the carried CUDA source compiled for it by `compile_source`, which
@@ -26,129 +30,31 @@ With `KILN_CUDA_EMULATE=1` (or `race`, `bounds`) the default driver is the CPU e
 from __future__ import annotations
 
 import base64
-import importlib.util
 import os
-import re
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+# The driver protocol, the plan and pycuda's driver live in their own modules; their names stay
+# importable from here, where they were first defined.
+from runtime.cuda_driver import (  # noqa: F401
+    PYCUDA_HINT,
+    CudaDriver,
+    CudaDriverError,
+    CudaUnavailableError,
+    RecordedGraphs,
+)
+from runtime.cuda_launch import ALIGNMENT, LaunchEntry, launch_table, pack, select_architecture, slot_buffers  # noqa: F401
+from runtime.cuda_pycuda import STATIC_SHARED_BYTES, PycudaDriver, cuda_unavailable  # noqa: F401
 from runtime.errors import CodeCompilationError, InputMismatchError, ProgramError, ProgramRuntimeError
 from runtime.program import BufferSpec, Program
 
-ALIGNMENT = 256
-"""Bytes: what cudaMalloc guarantees, so every constant starts as aligned as its own allocation would."""
-PYCUDA_HINT = "pip install 'kiln[cuda]' on a machine with a GPU (pycuda builds only where the CUDA driver is)"
-
-
-class CudaUnavailableError(ProgramRuntimeError, ImportError):
-    """CUDA programs cannot run here: pycuda is not installed, or the CUDA driver or a device is
-    missing. The message says which, and what to do."""
-
-
-class CudaDriverError(ProgramRuntimeError):
-    """A CUDA driver call failed (allocation, copy, module load, launch); the message names it."""
-
-
-class CudaDriver(Protocol):
-    """What the executor needs of CUDA. Pointers are device addresses as ints; `stream` is
-    whatever `new_stream` returns, None for the legacy default stream."""
-
-    def activate(self) -> Any: ...  # a context manager: the device's context is current inside
-    def compute_capability(self) -> tuple[int, int]: ...
-    def allocate(self, nbytes: int) -> int: ...
-    def free(self, pointer: int) -> None: ...
-    def upload(self, pointer: int, array: np.ndarray, stream: Any = None) -> None: ...
-    def download(self, array: np.ndarray, pointer: int, stream: Any = None) -> None: ...
-    def copy(self, destination: int, source: int, nbytes: int, stream: Any = None) -> None: ...
-    def load_module(self, image: bytes) -> Any: ...
-    def function(self, module: Any, name: str, n_params: int) -> Any: ...
-    def launch(self, function: Any, grid: tuple, block: tuple, shared_bytes: int, pointers: Sequence[int],
-               stream: Any = None) -> None: ...  # fmt: skip
-    def new_stream(self) -> Any: ...
-    def stream_handle(self, stream: Any) -> int: ...
-    def synchronize(self, stream: Any = None) -> None: ...
-
-
-# -- choosing the binary ---------------------------------------------------------------------------
-
-_ARCH = re.compile(r"sm_(\d+)(\d)([a-z]?)")
-
-
-def select_architecture(available: Iterable[str], capability: tuple[int, int]) -> str | None:
-    """The cubin architecture to load on a device of compute `capability`: its own, else the
-    newest of the same major and an older minor (cubins run there; "sm_90a" only on sm_90);
-    None when none fits."""
-    major, minor = capability
-    best: tuple[int, str] | None = None
-    for arch in available:
-        found = _ARCH.fullmatch(arch)
-        if found is None or int(found[1]) != major:
-            continue
-        arch_minor, specific = int(found[2]), bool(found[3])
-        if arch_minor == minor or (arch_minor < minor and not specific):
-            rank = (arch_minor, 0 if specific else 1)  # the plain cubin over an "a" one: same code, portable
-            if best is None or rank > best[0]:
-                best = (rank, arch)
-    return None if best is None else best[1]
-
-
-def pack(sizes: Sequence[int], alignment: int = ALIGNMENT) -> tuple[list[int], int]:
-    """Offsets that place `sizes` one after another, each on an `alignment` boundary, and the total."""
-    offsets, top = [], 0
-    for size in sizes:
-        offsets.append(top)
-        top += -(-size // alignment) * alignment
-    return offsets, top
-
-
-# -- the launch table ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LaunchEntry:
-    """One launch, ready but for the per-run pointers: `pointers` holds the fixed ones (constants,
-    intermediates) and 0 where `patches` (position, slot) put a run's input or output."""
-
-    kernel: str
-    grid: tuple[int, int, int]
-    block: tuple[int, int, int]
-    shared_bytes: int
-    pointers: tuple[int, ...]
-    patches: tuple[tuple[int, int], ...]
-
-    def arguments(self, slots: Sequence[int]) -> list[int]:
-        pointers = list(self.pointers)
-        for position, slot in self.patches:
-            pointers[position] = slots[slot]
-        return pointers
-
-
-def slot_buffers(program: Program) -> tuple[int, ...]:
-    """The buffers whose addresses change per run, in slot order: the inputs, then each buffer of
-    kind output once (an output listed twice is written once and copied)."""
-    fresh = dict.fromkeys(i for i in program.outputs if program.buffers[i].kind == "output")
-    return (*program.inputs, *fresh)
-
-
-def launch_table(program: Program, fixed: dict[int, int]) -> list[LaunchEntry]:
-    """Every launch of `program` with its argument pointers: `fixed` gives the address of each
-    constant and intermediate buffer; inputs and outputs become patches of their slot."""
-    slot_of = {buffer: slot for slot, buffer in enumerate(slot_buffers(program))}
-    table = []
-    for launch in program.launches:
-        if launch.grid is None or launch.block is None:
-            raise ProgramError(f"launch of {launch.kernel!r} has no grid and block: not a CUDA program")
-        pointers = tuple(fixed.get(i, 0) for i in launch.args)
-        patches = tuple((p, slot_of[i]) for p, i in enumerate(launch.args) if i in slot_of)
-        table.append(LaunchEntry(launch.kernel, launch.grid, launch.block, launch.shared_bytes, pointers, patches))
-    return table
-
+GRAPH_WARMUP_RUNS = 1
+"""Runs launched one by one before the capture: modules load lazily and kernels opt in to their
+dynamic shared memory at their first launch, which a capture should not have to record."""
 
 # -- the executor ----------------------------------------------------------------------------------
 
@@ -163,6 +69,7 @@ class CudaExecutor:
         driver: CudaDriver | None = None,
         device: int | None = None,
         compile_source: Callable[[str, str], bytes] | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         if program.target != "cuda" or "cubins" not in program.code:
             raise ProgramError(f"program {program.name!r} targets {program.target!r}, not CUDA (no cubins)")
@@ -170,6 +77,11 @@ class CudaExecutor:
         self.device = device or 0
         """The CUDA device index the program is loaded onto."""
         self.driver = driver if driver is not None else default_driver(program, self.device)
+        self.cuda_graph = cuda_graph
+        """Whether runs replay one CUDA graph of every launch (captured after the warm-up runs)."""
+        self._graph: Any = None
+        self._graphs: list[Any] = []  # what the finalizer frees
+        self._runs = 0
         self._lock = threading.Lock()
         self._staging: int | None = None
         self._own_stream: Any = None
@@ -183,7 +95,7 @@ class CudaExecutor:
             self._module = module  # kept alive while its functions are launched
             self._allocations: list[int] = []
             self._constants, self._arena = self._upload_constants(), self._allocate(program.arena_bytes)
-        weakref.finalize(self, _free_all, self.driver, self._allocations)
+        weakref.finalize(self, _free_all, self.driver, self._allocations, self._graphs)
         self._table = launch_table(program, self._fixed_addresses())
         self._slots = slot_buffers(program)
 
@@ -238,7 +150,10 @@ class CudaExecutor:
             for array, pointer in zip(arrays, slots, strict=False):  # the input slots come first
                 if array.nbytes:
                     self.driver.upload(pointer, _bytes(array))
-            self._launch_all(slots, None)
+            if self.cuda_graph:
+                self._launch_staged(slots, None)
+            else:
+                self._launch_all(slots, None)
             results = []
             for i in program.outputs:
                 spec = program.buffers[i]
@@ -260,6 +175,10 @@ class CudaExecutor:
                 f"program {program.name!r} takes {len(program.inputs)} input and {len(program.outputs)} output "
                 f"pointer(s), got {len(inputs)} and {len(outputs)}"
             )
+        if self.cuda_graph:
+            with self._lock, self.driver.activate():
+                self._run_staged_on_device(inputs, outputs, stream)
+            return
         first_output = {}
         for j, i in enumerate(program.outputs):
             first_output.setdefault(i, j)
@@ -272,6 +191,34 @@ class CudaExecutor:
                     nbytes = program.buffers[i].nbytes
                     if nbytes:
                         self.driver.copy(outputs[j], self._address(i, slots), nbytes, stream)
+
+    def _run_staged_on_device(self, inputs: Sequence[int], outputs: Sequence[int], stream: Any) -> None:
+        """`run_on_device` through the CUDA graph, whose pointers are the staging slots': the
+        inputs are copied in and the outputs out, on the device and on `stream` (a copy per input
+        and output in exchange for a launch per kernel; patching the graph's kernel nodes with
+        the caller's pointers, cuGraphExecKernelNodeSetParams, would save the copies too)."""
+        program = self.program
+        slots = self._staging_slots()
+        for pointer, slot, i in zip(inputs, slots, program.inputs, strict=False):  # the input slots come first
+            if program.buffers[i].nbytes:
+                self.driver.copy(slot, pointer, program.buffers[i].nbytes, stream)
+        self._launch_staged(slots, stream)
+        for pointer, i in zip(outputs, program.outputs, strict=True):
+            if program.buffers[i].nbytes:
+                self.driver.copy(pointer, self._address(i, slots), program.buffers[i].nbytes, stream)
+
+    def _launch_staged(self, slots: Sequence[int], stream: Any) -> None:
+        """Every launch on the staging `slots`, queued on `stream`: one by one for the first
+        `GRAPH_WARMUP_RUNS` runs, then captured once into a CUDA graph (on a stream of the
+        driver's own) that this and every later run replays."""
+        if self._graph is None and self._runs >= GRAPH_WARMUP_RUNS:
+            self._graph = self.driver.capture(lambda capturing: self._launch_all(slots, capturing))
+            self._graphs.append(self._graph)
+        self._runs += 1
+        if self._graph is None:
+            self._launch_all(slots, stream)
+        else:
+            self.driver.replay(self._graph, stream)
 
     def _launch_all(self, slots: Sequence[int], stream: Any) -> None:
         for entry in self._table:
@@ -305,11 +252,6 @@ class CudaExecutor:
                 self._own_stream = self.driver.new_stream()
         return self._own_stream
 
-    # CUDA graphs: the launch table is fixed but for the slots, so a run of `run` (fixed staging
-    # slots) can be captured once on `self.stream` and replayed. pycuda 2026.1 has no stream
-    # capture; cuda.bindings.driver (cuStreamBeginCapture / cuGraphInstantiate / cuGraphLaunch on
-    # `driver.stream_handle(self.stream)`) does. Not built yet: measure launch overhead first.
-
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
         return self.run(inputs)
 
@@ -320,9 +262,11 @@ def _bytes(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1).view(np.uint8)
 
 
-def _free_all(driver: CudaDriver, pointers: list[int]) -> None:
+def _free_all(driver: CudaDriver, pointers: list[int], graphs: list[Any]) -> None:
     try:
         with driver.activate():
+            for graph in graphs:
+                driver.free_graph(graph)
             for pointer in pointers:
                 driver.free(pointer)
     except ProgramRuntimeError:  # at interpreter exit the driver may be gone already
@@ -345,121 +289,3 @@ def default_driver(program: Program, device: int) -> CudaDriver:
     if emulator_unavailable() is not None:
         raise EmulatorUnavailableError(f"{EMULATE_VARIABLE}={mode}: {emulator_unavailable()}")
     return EmulatorDriver(program, "plain" if mode == "1" else mode)
-
-
-# -- pycuda ----------------------------------------------------------------------------------------
-
-
-def _import_pycuda() -> Any:
-    """pycuda.driver, initialised, or `CudaUnavailableError` saying what is missing."""
-    if importlib.util.find_spec("pycuda") is None:
-        raise CudaUnavailableError(f"running a CUDA program needs pycuda, which is not installed: {PYCUDA_HINT}")
-    try:
-        import pycuda.driver as cuda
-    except ImportError as error:  # pycuda is there; libcuda.so.1 (the driver) is not
-        raise CudaUnavailableError(
-            f"pycuda is installed but the CUDA driver could not be loaded ({error}): this machine needs an NVIDIA "
-            "GPU and its driver to run CUDA programs"
-        ) from None
-    try:
-        cuda.init()
-        count = cuda.Device.count()
-    except cuda.Error as error:
-        raise CudaUnavailableError(f"the CUDA driver found no usable GPU ({error})") from None
-    if count == 0:
-        raise CudaUnavailableError("the CUDA driver is installed but sees no GPU (check CUDA_VISIBLE_DEVICES)")
-    return cuda
-
-
-def cuda_unavailable() -> str | None:
-    """Why CUDA programs cannot run here (what is missing), or None when they can."""
-    try:
-        _import_pycuda()
-    except CudaUnavailableError as error:
-        return str(error)
-    return None
-
-
-class PycudaDriver:
-    """`CudaDriver` through pycuda, on the primary context of device `device` (default 0)."""
-
-    def __init__(self, device: int | None = None) -> None:
-        cuda = self._cuda = _import_pycuda()
-        index = device or 0
-        if not 0 <= index < cuda.Device.count():
-            raise CudaUnavailableError(f"there is no CUDA device {index}; this machine has {cuda.Device.count()}")
-        self._device = cuda.Device(index)
-        self._context = self._device.retain_primary_context()
-        self._allocations: dict[int, Any] = {}
-
-    @contextmanager
-    def activate(self) -> Iterator[None]:
-        self._context.push()  # the primary context torch uses: pushing it again is cheap and nests
-        try:
-            yield
-        finally:
-            self._cuda.Context.pop()
-
-    @contextmanager
-    def _calling(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except self._cuda.Error as error:
-            raise CudaDriverError(f"CUDA {what} failed: {error}") from error
-
-    def compute_capability(self) -> tuple[int, int]:
-        return tuple(self._device.compute_capability())
-
-    def allocate(self, nbytes: int) -> int:
-        with self._calling(f"allocation of {nbytes} bytes"):
-            allocation = self._cuda.mem_alloc(nbytes)
-        self._allocations[int(allocation)] = allocation
-        return int(allocation)
-
-    def free(self, pointer: int) -> None:
-        self._allocations.pop(pointer).free()
-
-    def upload(self, pointer: int, array: np.ndarray, stream: Any = None) -> None:
-        with self._calling("copy to the device"):
-            if stream is None:
-                self._cuda.memcpy_htod(pointer, array)
-            else:
-                self._cuda.memcpy_htod_async(pointer, array, stream)
-
-    def download(self, array: np.ndarray, pointer: int, stream: Any = None) -> None:
-        with self._calling("copy from the device"):
-            if stream is None:
-                self._cuda.memcpy_dtoh(array, pointer)
-            else:
-                self._cuda.memcpy_dtoh_async(array, pointer, stream)
-
-    def copy(self, destination: int, source: int, nbytes: int, stream: Any = None) -> None:
-        with self._calling("copy on the device"):
-            self._cuda.memcpy_dtod_async(destination, source, nbytes, stream)
-
-    def load_module(self, image: bytes) -> Any:
-        with self._calling("module load"):
-            return self._cuda.module_from_buffer(image)
-
-    def function(self, module: Any, name: str, n_params: int) -> Any:
-        with self._calling(f"lookup of kernel {name}"):
-            function = module.get_function(name)
-        return function.prepare("P" * n_params)  # every parameter is a pointer
-
-    def launch(self, function: Any, grid: tuple, block: tuple, shared_bytes: int, pointers: Sequence[int],
-               stream: Any = None) -> None:  # fmt: skip
-        with self._calling("kernel launch"):
-            function.prepared_async_call(grid, block, stream, *pointers, shared_size=shared_bytes)
-
-    def new_stream(self) -> Any:
-        return self._cuda.Stream()
-
-    def stream_handle(self, stream: Any) -> int:
-        return 0 if stream is None else stream.handle
-
-    def synchronize(self, stream: Any = None) -> None:
-        with self._calling("synchronisation (a kernel may have failed)"):
-            if stream is None:
-                self._cuda.Context.synchronize()
-            else:
-                stream.synchronize()

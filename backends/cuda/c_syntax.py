@@ -49,14 +49,20 @@ MATH = {name: name for name in SAME_NAMED} | {"round": "rint", "abs": "fabs"}
 EXACT_MATH = frozenset({"floor", "ceil", "round", "abs"})
 """Results representable in the argument's format: no rounding to f16/bf16 after them."""
 CALLS = {"fma": "fma"}
-INTEGER_CALLS = {"dot4_u8s8": "kiln_dot4_u8s8"}
-"""i32 intrinsics, printed as calls of the prelude's helpers."""
 """Target intrinsics (`Call` names) on floats and the C function each becomes (float adds an `f`)."""
+INTEGER_CALLS = {"dot4_u8s8": "kiln_dp4a"}
+"""i32 intrinsics, printed as calls of the prelude's helpers (dot4_u8s8: one dp4a on the device)."""
 SHUFFLES = {"shfl_xor": "kiln_shfl_xor", "shfl_down": "kiln_shfl_down", "shfl_idx": "kiln_shfl_idx"}
 """Warp shuffles (`ir.loop.nodes.WARP_SHUFFLES`) and the prelude function each becomes."""
 MMA = {"mma_m16n8k16_f16": ("kiln_mma_m16n8k16_f16", DType.f16),
        "mma_m16n8k16_bf16": ("kiln_mma_m16n8k16_bf16", DType.bf16)}  # fmt: skip
 """Tensor-core `Call`s: the prelude function each becomes and the dtype of its A and B operands."""
+MMA_INT8 = {"mma_m16n8k32_s8s8": "kiln_mma_s8_s8s8", "mma_m16n8k32_u8s8": "kiln_mma_s8_u8s8"}
+"""The int8 tensor-core `Call`s (`ir.loop.lockstep_int8`; all operands i32 words) and their prelude function."""
+MMA_TF32 = {"mma_m16n8k8_tf32": "kiln_mma_m16n8k8_tf32"}
+"""The TF32 tensor-core `Call` (`ir.loop.lockstep_tf32`: 4 A, 2 B, 4 C in f32, D's index) and its prelude function."""
+TF32_ROUND = {"tf32_round": "kiln_tf32_round"}
+"""f32 -> TF32 as an f32 (cvt.rna.tf32.f32), the MMA's operands' rounding, and its prelude function."""
 SHUFFLED_DTYPES = frozenset({DType.f64, DType.f32, DType.f16, DType.bf16, DType.i64, DType.i32})
 """What a shuffle carries: f16 and bf16 as their float registers."""
 

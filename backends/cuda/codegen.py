@@ -38,6 +38,8 @@ from backends.cuda.c_syntax import (
     LOW_PRECISION_ROUND,
     MATH,
     MMA,
+    MMA_INT8,
+    MMA_TF32,
     MULTIPLICATIVE,
     REGISTER_TYPES,
     RESERVED,
@@ -45,8 +47,16 @@ from backends.cuda.c_syntax import (
     SHUFFLES,
     SMALL_INTEGERS,
     STORAGE_TYPES,
+    TF32_ROUND,
     UNARY,
     UNROLL,
+)
+from backends.cuda.codegen_tiles import (
+    collective_group,
+    print_async_copy,
+    print_collective,
+    print_tile_call,
+    sixteen_byte_rows,
 )
 from ir.dtype import DType
 from ir.errors import KilnError
@@ -83,6 +93,31 @@ class CudaCodegenError(KilnError):
 def emit_kernel(kernel: Kernel) -> str:
     """CUDA C for one scheduled kernel: the comment, the prelude's include, the kernel."""
     return KernelPrinter(kernel).source()
+
+
+STATIC_SHARED_LIMIT = 48 * 1024
+"""Bytes of `__shared__` arrays a block may declare statically (sm_80, sm_90); a kernel that needs
+more takes all its shared buffers from the launch's dynamic shared memory (`KILN_DYNAMIC_SHARED`),
+whose size its launch carries (`Launch.shared_bytes`; the driver makes the >48 KiB opt-in)."""
+SHARED_ALIGNMENT = 16
+"""Each buffer's offset in dynamic shared memory: 16 bytes, the widest vector access."""
+
+
+def shared_offsets(kernel: Kernel) -> tuple[dict[Buffer, int], int]:
+    """Each shared buffer's byte offset in dynamic shared memory, and the bytes they take."""
+    offsets, end = {}, 0
+    for buffer in kernel.locals:
+        if buffer.scope is Scope.SHARED:
+            offsets[buffer] = -(-end // SHARED_ALIGNMENT) * SHARED_ALIGNMENT
+            end = offsets[buffer] + max(buffer.size, 1) * buffer.dtype.itemsize
+    return offsets, end
+
+
+def dynamic_shared_bytes(kernel: Kernel) -> int:
+    """The dynamic shared memory a launch of `kernel` asks for: 0 when its shared buffers fit
+    `STATIC_SHARED_LIMIT` (the printer declares them `__shared__`), else all of them."""
+    _, total = shared_offsets(kernel)
+    return total if total > STATIC_SHARED_LIMIT else 0
 
 
 class KernelPrinter:
@@ -133,8 +168,17 @@ class KernelPrinter:
             '#include "prelude.h"\n\n',
             f'extern "C" __global__ void __launch_bounds__({threads}, 1) {kernel.name}(\n    {params}) {{\n',
         ]
+        dynamic = shared_offsets(kernel)[0] if dynamic_shared_bytes(kernel) else {}
+        if dynamic:
+            self.lines.append("  KILN_DYNAMIC_SHARED(kiln_shared);  // the launch's dynamic shared memory\n")
         for buffer in kernel.locals:
-            self._declare_local(buffer)
+            if buffer in dynamic:
+                buffer_type = STORAGE_TYPES[buffer.dtype]
+                self.lines.append(
+                    f"  {buffer_type}* const {self.name(buffer)} = ({buffer_type}*)(kiln_shared + {dynamic[buffer]});\n"
+                )
+            else:
+                self._declare_local(buffer)
         assigned = _assigned_vars(kernel.body)
         if assigned:  # declared up front: a first assignment may sit in a branch or loop above a later read
             self.lines.append("  // scalars (accumulators, positions)\n")
@@ -148,7 +192,8 @@ class KernelPrinter:
             case Scope.LOCAL:
                 qualifier = ""  # per-thread: registers or the thread's local memory (stack)
             case Scope.SHARED:
-                qualifier = "__shared__ "
+                # cp.async and ldmatrix move 16-byte rows; other arrays keep their natural alignment
+                qualifier = "__shared__ __align__(16) " if buffer in sixteen_byte_rows(self.kernel) else "__shared__ "
             case _:
                 raise self.fail(f"local buffer {buffer.name} has scope {buffer.scope.value}")
         self.lines.append(f"  {qualifier}{STORAGE_TYPES[buffer.dtype]} {self.name(buffer)}[{max(buffer.size, 1)}];\n")
@@ -160,6 +205,11 @@ class KernelPrinter:
         for position, stmt in enumerate(statements):
             if skip:
                 skip -= 1
+                continue
+            grouped = collective_group(statements, position)  # four Assigns of one ldmatrix or MMA: one call
+            if grouped:
+                print_collective(self, statements[position : position + grouped])
+                skip = grouped - 1
                 continue
             if _mma_product(statements, position):  # four Assigns of one tensor-core product: one call
                 _print_mma_x4(self, statements[position : position + 4])
@@ -219,6 +269,8 @@ def _comment(kernel: Kernel, grid: tuple[int, ...], block: tuple[int, ...]) -> s
 
 
 def _print_store(p: KernelPrinter, stmt: Store) -> None:
+    if print_async_copy(p, stmt):
+        return
     value = p.expr(stmt.value)
     match stmt.buffer.dtype:
         case DType.f16:
@@ -274,7 +326,9 @@ def _mma_product(statements: Sequence[Stmt], position: int) -> bool:
         return False
     calls = [s.value for s in group]
     first = calls[0]
-    if first.name not in MMA or any(c.name != first.name or c.args[:-1] != first.args[:-1] for c in calls):
+    if first.name not in MMA.keys() | MMA_INT8.keys() | MMA_TF32.keys():
+        return False
+    if any(c.name != first.name or c.args[:-1] != first.args[:-1] for c in calls):
         return False
     if [c.args[-1] for c in calls] != [Const(e, DType.i32) for e in range(4)]:
         return False
@@ -285,7 +339,8 @@ def _print_mma_x4(p: KernelPrinter, group: Sequence[Stmt]) -> None:
     call = group[0].value
     p.expr(call)  # validates the operands
     outputs = ", ".join(p.name(s.var) for s in group)
-    p.line(f"{MMA[call.name][0]}_x4({outputs}, {', '.join(p.expr(a) for a in call.args[:-1])});")
+    function = MMA_INT8.get(call.name) or MMA_TF32.get(call.name) or MMA[call.name][0]
+    p.line(f"{function}_x4({outputs}, {', '.join(p.expr(a) for a in call.args[:-1])});")
 
 
 _STATEMENTS: dict[type, Callable[[KernelPrinter, Stmt], None]] = {
@@ -360,7 +415,9 @@ def _print_unary(p: KernelPrinter, expr: Unary) -> Printed:
         return f"!{p.expr(x, UNARY)}", UNARY
     if dtype.is_float:
         if op == "neg":  # exact in every format
-            return f"-{p.expr(x, UNARY)}", UNARY
+            operand = p.expr(x, UNARY)
+            # A negative literal or a nested negation: "--x" would be C's decrement operator.
+            return (f"-({operand})" if operand.startswith("-") else f"-{operand}"), UNARY
         if op == "erf":  # in f64 then rounded, as the interpreter (Python's math.erf) and the CPU do
             wide = p.expr(Cast(x, DType.f64)) if dtype != DType.f64 else p.expr(x)
             return _cast_text((f"erf({wide})", ATOM), DType.f64, dtype)
@@ -473,6 +530,8 @@ def _cast_text(x: Printed, source: DType, target: DType) -> Printed:
         return _float_to_float(text, prefix, x[1], source, target)
     if source.is_float and target.is_integer:  # truncation, saturating where C is undefined
         return f"kiln_to_{target}({text})", ATOM
+    if target == DType.bf16:  # rounded once, as ml_dtypes (>= 0.7) and the CPU backend convert
+        return (f"kiln_i64_to_bf16({text})" if source == DType.i64 else f"kiln_f64_to_bf16((double){prefix})"), ATOM
     if target in LOW_PRECISION_ROUND:  # integers and bools: to float, then rounded (as the CPU does)
         return _round(target, f"(float){prefix}")
     return f"({REGISTER_TYPES[target]}){prefix}", UNARY  # integers wrap; bool is 0 or 1
@@ -480,8 +539,8 @@ def _cast_text(x: Printed, source: DType, target: DType) -> Printed:
 
 def _float_to_float(text: str, prefix: str, precedence: int, source: DType, target: DType) -> Printed:
     match target, source:
-        case DType.bf16, DType.f64:  # via f32, as ml_dtypes converts: rounded twice
-            return f"kiln_round_bf16((float){prefix})", ATOM
+        case DType.bf16, DType.f64:  # rounded once, through round-to-odd f32
+            return f"kiln_f64_to_bf16({text})", ATOM
         case DType.bf16, _:
             return f"kiln_round_bf16({text})", ATOM
         case DType.f16, DType.f64:
@@ -497,6 +556,9 @@ def _float_to_float(text: str, prefix: str, precedence: int, source: DType, targ
 
 def _print_call(p: KernelPrinter, expr: Call) -> Printed:
     name, args, dtype = expr.name, expr.args, expr.dtype
+    tile_call = print_tile_call(p, expr)
+    if tile_call is not None:
+        return tile_call
     if name in SHUFFLES:  # exact: a register moves between lanes
         value, operand = args
         if dtype not in SHUFFLED_DTYPES or value.dtype != dtype or operand.dtype != DType.i32:
@@ -508,6 +570,18 @@ def _print_call(p: KernelPrinter, expr: Call) -> Printed:
         if dtypes != [operand] * 12 + [DType.f32] * 4 + [DType.i32] or dtype != DType.f32:
             raise p.fail(f"{name} takes 12 {operand} operands, 4 f32 and an i32 index, and gives f32")
         return f"{function}({', '.join(p.expr(a) for a in args)})", ATOM
+    if name in MMA_INT8:  # 4 A and 2 B words (4 bytes each), 4 C (i32), D's index
+        if len(args) != 11 or any(a.dtype != DType.i32 for a in args) or dtype != DType.i32:
+            raise p.fail(f"{name} takes 11 i32 operands (4 A words, 2 B words, 4 C, an index) and gives i32")
+        return f"{MMA_INT8[name]}({', '.join(p.expr(a) for a in args)})", ATOM
+    if name in TF32_ROUND:
+        if [a.dtype for a in args] != [DType.f32] or dtype != DType.f32:
+            raise p.fail(f"{name} takes and gives f32")
+        return f"{TF32_ROUND[name]}({p.expr(args[0])})", ATOM
+    if name in MMA_TF32:  # 4 A and 2 B elements (TF32 values in f32 registers), 4 C (f32), D's index
+        if [a.dtype for a in args] != [DType.f32] * 10 + [DType.i32] or dtype != DType.f32:
+            raise p.fail(f"{name} takes 10 f32 operands (4 A, 2 B, 4 C) and an i32 index, and gives f32")
+        return f"{MMA_TF32[name]}({', '.join(p.expr(a) for a in args)})", ATOM
     if name in INTEGER_CALLS and dtype == DType.i32 and all(a.dtype == DType.i32 for a in args):
         return f"{INTEGER_CALLS[name]}({', '.join(p.expr(a) for a in args)})", ATOM
     if name not in CALLS or not dtype.is_float or any(a.dtype != dtype for a in args):

@@ -1,8 +1,9 @@
 """Building the CUDA program of a fused graph: the GPU twin of `backends.cpu.program`.
 
 Every `fused` node becomes one kernel (`backends.cuda.schedule.schedule_group`: a GPU template, or
-the CPU lowering bound to blocks and threads) and one launch carrying its grid and block; graph inputs,
-constants and outputs become program buffers of those kinds, every other value an intermediate
+the CPU lowering bound to blocks and threads; nodes with the same body share one) and one launch
+carrying its grid and block; graph inputs, constants and outputs become program buffers of those
+kinds, every other value an intermediate
 in the arena, packed by liveness (`runtime.plan_arena`), exactly as on the CPU. The kernels are
 printed (`backends.cuda.codegen`) into one CUDA C module, compiled by NVRTC once per
 architecture (sm_80 and sm_90 by default: no GPU needed), and `Program.code` carries both:
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 
-from backends.cuda.codegen import emit_kernel
+from backends.cuda.codegen import dynamic_shared_bytes, emit_kernel
 from backends.cuda.nvrtc import (
     PRELUDE,
     CudaCompilationError,
@@ -36,9 +38,10 @@ from backends.cuda.nvrtc import (
     _nvrtc,
     compile_cuda,
 )
-from backends.cuda.schedule import schedule_group
+from backends.cuda.schedule import GpuKernel, schedule_group
 from ir import Graph, KilnError, Node, Value
 from ir.loop import Kernel
+from ir.printer import graph_lines
 from runtime import BufferSpec, Launch, Program, plan_arena
 
 DEFAULT_ARCHITECTURES = ("sm_80", "sm_90")
@@ -46,22 +49,34 @@ DEFAULT_ARCHITECTURES = ("sm_80", "sm_90")
 MODULE_NAME = "kiln_module"
 
 
-def build_cuda_program(graph: Graph, arch: str | Sequence[str] | None = None) -> tuple[Program, list[Kernel]]:
+def build_cuda_program(
+    graph: Graph, arch: str | Sequence[str] | None = None, allow_tf32: bool = False
+) -> tuple[Program, list[Kernel]]:
     """The CUDA program of `graph` (whose nodes are `const` and `fused` only, as after `fuse`),
     compiled by NVRTC for `arch` (one "sm_XX" or several; default sm_80 and sm_90), and its
-    scheduled kernels in launch order."""
+    scheduled kernels in launch order. `allow_tf32` lets f32 GEMMs and convolutions run on TF32
+    tensor cores (their templates, "gemm.tf32" and "conv.tf32", say so in `code["templates"]`)."""
     architectures = DEFAULT_ARCHITECTURES if arch is None else (arch,) if isinstance(arch, str) else tuple(arch)
     if not architectures:
         raise ValueError("build_cuda_program needs at least one architecture, e.g. 'sm_90'")
     kernels: list[Kernel] = []
     templates: dict[str, str] = {}
+    by_group: dict[str, GpuKernel] = {}
 
     def schedule(node: Node, name: str) -> tuple[Kernel, Launch]:
-        scheduled = schedule_group(node, name)
-        kernels.append(scheduled.kernel)
-        templates[name] = scheduled.template
-        # Static shared memory is in the cubin: the launch asks for no dynamic shared memory.
-        return scheduled.kernel, Launch(name, (), grid=scheduled.grid, block=scheduled.block)
+        # Groups with the same body (every layer of a transformer) launch one kernel: scheduled,
+        # printed and compiled by NVRTC once (BERT-base's 12 layers: 12 times less of each).
+        key = group_key(node)
+        scheduled = by_group.get(key)
+        if scheduled is None:
+            scheduled = by_group[key] = schedule_group(node, name, allow_tf32=allow_tf32)
+            kernels.append(scheduled.kernel)
+            templates[name] = scheduled.template
+        # Static shared memory is in the cubin; a kernel past the static limit asks its launch for
+        # all of its shared memory dynamically (the printer places the buffers in it).
+        shared = dynamic_shared_bytes(scheduled.kernel)
+        launch = Launch(scheduled.kernel.name, (), grid=scheduled.grid, block=scheduled.block, shared_bytes=shared)
+        return scheduled.kernel, launch
 
     program = assemble_program(graph, schedule, target="cuda")
     source = module_source(kernels)
@@ -79,6 +94,16 @@ def build_cuda_program(graph: Graph, arch: str | Sequence[str] | None = None) ->
         code["resources"][name] = {kernel: dataclasses.asdict(r) for kernel, r in binary.resources.items()}
         code["nvrtc_version"] = list(binary.nvrtc_version)
     return dataclasses.replace(program, code=code), kernels
+
+
+def group_key(node: Node) -> str:
+    """What a `fused` node's kernel is made from: its body's text without the body's name and
+    with its values numbered in order (their names, which follow the weights they read, only
+    name the kernel's parameters; the kernel's own name changes nothing else in it)."""
+    first, *rest = graph_lines(node.attrs["body"])
+    text = "\n".join([first.split("(", 1)[1], *rest])
+    numbers: dict[str, str] = {}
+    return re.sub(r"%[\w.]+", lambda m: numbers.setdefault(m.group(0), f"%{len(numbers)}"), text)
 
 
 def assemble_program(graph: Graph, schedule: Callable[[Node, str], tuple[Kernel, Launch]], target: str) -> Program:
@@ -106,9 +131,10 @@ def assemble_program(graph: Graph, schedule: Callable[[Node, str], tuple[Kernel,
             name = node.attrs["name"]
             constants[add(node.outputs[0], name, "constant")] = graph.constants[name]
             continue
-        kernel, launch = schedule(node, f"k{len(launches)}_{node.attrs['body'].name}")
+        name = f"k{len(launches)}_{node.attrs['body'].name}"
+        kernel, launch = schedule(node, name)  # (a kernel of another name where two groups share one)
         for position, value in enumerate(node.outputs):
-            add(value, f"{kernel.name}_out{position}", "output" if value in outputs else "intermediate")
+            add(value, f"{name}_out{position}", "output" if value in outputs else "intermediate")
         # The kernel's parameters are the group's inputs then its outputs (lower_group's order).
         args = tuple(index[v] for v in (*node.inputs, *node.outputs))
         writes = tuple(args[p] for p in kernel.outputs) if kernel.outputs else None

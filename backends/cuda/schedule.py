@@ -26,9 +26,10 @@ loop, the block the extent of its THREAD loop; the printer reads them for `__lau
 the runtime for the launch.
 
 `schedule_group` is the entry point for a `fused` node: a GPU template
-(`backends.cuda.templates_gpu`: row reductions with warp shuffles, pointwise;
+(`backends.cuda.templates_gpu_rows`: row reductions with warp shuffles; `templates_gpu`: pointwise;
 `templates_gpu_attention`: fused flash-style attention; `templates_gpu_gemm`: matmul/gemm tiles,
-FMA for f32, tensor cores for f16/bf16) where one fits the group, this generic
+FMA for f32, tensor cores for f16/bf16; `templates_gpu_conv`: convolutions as implicit GEMMs on
+those tiles) where one fits the group, this generic
 schedule of the CPU lowering otherwise.
 """
 
@@ -39,7 +40,10 @@ from dataclasses import dataclass
 
 from backends.cuda.templates_gpu import MAX_BLOCKS, gpu_template
 from backends.cuda.templates_gpu_attention import attention_template
+from backends.cuda.templates_gpu_conv import conv_template
 from backends.cuda.templates_gpu_gemm import gemm_template
+from backends.cuda.templates_gpu_quant import int8_gemm_template
+from backends.cuda.templates_gpu_rows import rows_template
 from backends.lowering.group import lower_group
 from ir import Node, print_graph
 from ir.loop.lockstep import Dim3, launch_dims
@@ -70,17 +74,21 @@ class GpuKernel:
 
 def schedule_group(
     node: Node, name: str, threads_per_block: int = 256, threads_per_row: int | None = None,
-    max_blocks: int = MAX_BLOCKS,
+    max_blocks: int = MAX_BLOCKS, allow_tf32: bool = False,
 ) -> GpuKernel:  # fmt: skip
     """The GPU kernel of the `fused` node `node`: by the GPU template that fits its group, else
     by `gpu_schedule` of its CPU lowering. `threads_per_row` forces the row templates' width (a
     power of two; above 32, a block per row) and `max_blocks` the pointwise grid (tests use both
-    to reach the block reduction and the grid stride on small shapes)."""
+    to reach the block reduction and the grid stride on small shapes). `allow_tf32` lets f32
+    GEMMs and convolutions run on TF32 tensor cores (`templates_gpu_tf32`)."""
     source = print_graph(node.attrs["body"], max_constant_elements=4)
     templated = (
-        gemm_template(node, name, source)
+        int8_gemm_template(node, name, source)
+        or gemm_template(node, name, source, allow_tf32=allow_tf32)
+        or conv_template(node, name, source, allow_tf32=allow_tf32)
         or attention_template(node, name, source, threads_per_row)
-        or gpu_template(node, name, source, threads_per_block, threads_per_row, max_blocks)
+        or rows_template(node, name, source, threads_per_row)
+        or gpu_template(node, name, source, threads_per_block, max_blocks)
     )
     if templated is not None:
         kernel, template = templated

@@ -55,9 +55,10 @@ class GroupLowering:
         self.locals: list[Buffer] = []
         self.statements: list[Stmt] = []
         self.written: set[int] = set()  # positions of the outputs already stored
-        self.overrides: dict[Value, tuple[Expr, Expr]] = {}
+        self.overrides: dict[Value, tuple[Expr | None, Expr]] = {}
         """value -> (flat offset, expression): the value's element at that offset is the expression
-        (a template's result being stored, seen by its epilogue)."""
+        (a template's result being stored, seen by its epilogue); at any offset when it is None
+        (a caller that proved every read is at the held element's position: `backends.cuda.epilogue_scatter`)."""
         self.params = [self._buffer(v, f"in_{v.name or 'x'}") for v in self.body.inputs]
         self.buffers.update(zip(self.body.inputs, self.params))
         self.outputs: list[Buffer] = [self._buffer(v, f"out{i}") for i, v in enumerate(self.body.outputs)]
@@ -118,7 +119,7 @@ class GroupLowering:
         """The element of `value` at `index`, in its storage dtype."""
         if value in self.overrides:
             at, expr = self.overrides[value]
-            if flat_index(index, value.type.shape) != at:
+            if at is not None and flat_index(index, value.type.shape) != at:
                 raise EpilogueMismatch
             return expr
         if value in self.buffers:
@@ -145,6 +146,8 @@ class GroupLowering:
             return ARANGE(index[0], node.attrs, compute_dtype(dtype)).cast(dtype)
         if node.op in SCALAR:
             operands = [self.compute(v, _operand_index(node, k, index)) for k, v in enumerate(node.inputs)]
+            if node.op == "cast":  # straight to the target: through f32 first would round twice into f16/bf16
+                return operands[0].cast(dtype)
             return SCALAR[node.op](operands, node.attrs, compute_dtype(dtype)).cast(dtype)
         raise LoweringError(f"{self.name}: {node.op} must be computed into a buffer, not inlined")
 

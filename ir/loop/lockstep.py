@@ -18,6 +18,10 @@ the constructs that need threads together their meaning:
   (`mma_m16n8k16_f16`/`_bf16`), which assembles each warp's A, B and C from its lanes' fragments
   by the PTX ISA layouts (`A_FRAGMENT`, `B_FRAGMENT`, `C_FRAGMENT`): a schedule that holds a
   fragment element at the wrong place computes a wrong product here, as it would on the device.
+  The int8 MMA (`mma_m16n8k32_s8s8`/`_u8s8`) does the same in `ir.loop.lockstep_int8`.
+- Asynchronous copies into shared memory (`cp_async`) land only at the `cp_async_wait` that covers
+  them, and `ldmatrix_x4(_trans)` gathers each lane's registers by the PTX ISA layout
+  (`ir.loop.lockstep_tiles`): a missing wait reads stale data, a missing barrier after it is a race.
 - Loads and stores are bounds-checked (the failing block and thread are named), and with
   `check_races` a data race is reported (`RaceError`, naming the buffer and the element): two
   threads of a block touching one element between two barriers where at least one writes, or two
@@ -39,6 +43,9 @@ import numpy as np
 from ir.dtype import DType
 from ir.errors import InterpreterError
 from ir.loop.interpreter import Evaluator, bind_params
+from ir.loop.lockstep_int8 import MMA_INT8, mma_int8
+from ir.loop.lockstep_tiles import TILE_CALLS, async_copy, run_tile_call
+from ir.loop.lockstep_tiles import AsyncCopy as _AsyncCopy
 from ir.loop.nodes import (
     WARP_SHUFFLES,
     WARP_SIZE,
@@ -169,6 +176,8 @@ class _Block(Evaluator):
         self.env: dict[Var, tuple[np.ndarray, np.ndarray]] = {}  # values and where they are assigned
         self.active = np.ones(self.threads, bool)
         self.epoch = 0
+        self.copies: list[_AsyncCopy] = []  # cp_async copies issued and not landed yet
+        self.commits = np.zeros(self.threads, np.int64)  # cp_async groups each thread committed
 
     def where(self, lane: int) -> str:
         return f"block {self.index}, thread {int(lane)}"
@@ -178,6 +187,8 @@ class _Block(Evaluator):
     def run(self, body: Sequence[Stmt]) -> None:
         for stmt in body:
             match stmt:
+                case Store(buffer, index, Call(name="cp_async") as copy):
+                    self.async_copy(buffer, index, copy)
                 case Store(buffer, index, value):
                     self.store(buffer, index, value)
                 case Assign(var, value):
@@ -241,6 +252,9 @@ class _Block(Evaluator):
             tracker.wrote(at, thread, self.id, self.epoch)
         self.memory[buffer][at] = values
 
+    def async_copy(self, buffer: Buffer, index: Expr, copy: Call) -> None:
+        async_copy(self, buffer, index, copy)
+
     def race(self, buffer: Buffer, at: np.ndarray, lanes: np.ndarray, clash: np.ndarray, access: str) -> None:
         first = int(np.flatnonzero(clash)[0])
         raise RaceError(
@@ -276,6 +290,11 @@ class _Block(Evaluator):
         if buffer.scope is Scope.LOCAL:
             result[lanes] = self.memory[buffer][lanes, at]
             return result
+        result[lanes] = self.read_at(buffer, lanes, at)
+        return result
+
+    def read_at(self, buffer: Buffer, lanes: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """Elements `at` of a shared or global buffer, read by threads `lanes` (race-tracked)."""
         tracker = self.trackers.get(buffer)
         if tracker is not None:
             thread = self.id * self.threads + lanes
@@ -283,8 +302,7 @@ class _Block(Evaluator):
             if clash.any():
                 self.race(buffer, at, lanes, clash, "reads")
             tracker.read(at, thread, self.id, self.epoch)
-        result[lanes] = self.memory[buffer][at]
-        return result
+        return self.memory[buffer][at]
 
     def select(self, condition: Expr, a: Expr, b: Expr) -> np.ndarray:
         # Each side only where it is chosen: lowering guards out-of-bounds loads this way.
@@ -300,6 +318,11 @@ class _Block(Evaluator):
     def call(self, expr: Call) -> np.ndarray:
         if expr.name in MMA_OPERANDS:
             return self.mma(expr)
+        if expr.name in TILE_CALLS:
+            return run_tile_call(self, expr)
+        if expr.name in MMA_INT8:  # ir.loop.lockstep_int8 assembles the warps' int8 fragments
+            self.whole_warps(expr.name)
+            return mma_int8(expr, lambda operand: self.full(self.eval(operand)), self.fail)
         if expr.name not in WARP_SHUFFLES:
             return super().call(expr)
         value, operand = (self.full(self.eval(argument)) for argument in expr.args)

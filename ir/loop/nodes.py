@@ -257,6 +257,30 @@ class Call(Expr):
       its fragments by the PTX ISA layout (`ir.loop.lockstep.A_FRAGMENT`, ...): a and b are f16
       (bf16), c f32, `index` an i32 constant 0..3; the result (f32) is element `index` of the
       lane's D fragment. Four calls with equal operands and indices 0..3 are one product.
+    - `mma_m16n8k32_s8s8(a0..a3, b0, b1, c0..c3, index)` and `mma_m16n8k32_u8s8(...)`: the int8
+      tensor-core D = A @ B + C (A 16 x 32 of s8 or u8, B 32 x 8 of s8, C and D i32, wrapping),
+      every operand an i32 word of four bytes along K by the PTX ISA layout
+      (`ir.loop.lockstep_int8`); the result (i32) is element `index` of the lane's D fragment.
+    - `cp_async(src, elements, valid)`: only as the value of a `Store` into a SHARED buffer; `src`
+      is a `Load` of a GLOBAL buffer of the same dtype, `elements` an i32 constant (4, 8 or 16
+      bytes' worth), `valid` a bool. Copies that many consecutive elements from `src`'s index to
+      the store's (both multiples of `elements`) asynchronously, zeros where `valid` is false
+      (reading nothing); they land at a later `cp_async_wait` that covers their group;
+    - `cp_async_commit()` and `cp_async_wait(n)` (i32, value 0; the kernel IR has no call statement,
+      so they are `Assign`ed to a scratch variable): close this thread's group of copies issued since
+      the last commit; wait until at most `n` (a constant) of its committed groups are in flight.
+      The copies are then visible to their own thread; a `Barrier` shows them to the block;
+    - `ldmatrix_x4(row, index)` and `ldmatrix_x4_trans(row, index)` (i32, warp-collective): `row`
+      is a `Load` of a SHARED f16/bf16 buffer at the first of 8 elements (16-byte aligned) that this
+      lane supplies, row lane % 8 of the 8 x 8 matrix lane // 8; the result is the lane's register
+      `index` (a constant 0..3): of matrix `index`, row lane // 4, columns 2 (lane % 4) and
+      2 (lane % 4) + 1 (`_trans`: rows 2 (lane % 4), + 1 of column lane // 4), the bits of the first
+      in the low 16 bits. Four calls with equal rows and indices 0..3 are one instruction;
+    - `mma_m16n8k16_f16x2(a0..a3, b0, b1, c0..c3, index)` and `mma_m16n8k16_bf16x2(...)`: the MMA
+      above with A and B as such registers (i32, two elements each, a0 = A elements 0 and 1, ...).
+    - `tf32_round(x)` (f32): x rounded to TF32 (10 mantissa bits, ties away from zero), and
+      `mma_m16n8k8_tf32(a0..a3, b0, b1, c0..c3, index)` (f32, warp-collective): the tensor-core
+      D = A @ B + C on TF32 values (A 16 x 8, B 8 x 8; `ir.loop.lockstep_tf32` has the layout);
     The shuffles' second operand is i32 and the result has `value`'s dtype; every lane of a warp
     must execute a shuffle or an MMA together (none may be masked off by an `If`), and the block
     holds whole warps."""

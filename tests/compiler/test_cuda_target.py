@@ -64,7 +64,9 @@ def test_the_model_tests_compile_for_cuda_with_every_kernel_within_limits(name):
     _, _, graph = _model(name)
     compiled = compiler.compile(graph, target="cuda", arch="sm_90")  # sm_80 too: tests/backends/cuda/test_nvrtc
     program = compiled.program
-    assert program.target == "cuda" and len(program.launches) == len(compiled.kernels) > 0
+    # Groups with equal bodies (the GPT block's two layer norms, ...) launch one shared kernel.
+    assert program.target == "cuda" and {launch.kernel for launch in program.launches} == set(compiled.kernels)
+    assert len(compiled.kernels) > 0
     report = compiled.stats["cuda"]["sm_90"]
     for launch in program.launches:
         source, resources = compiled.kernels[launch.kernel], report[launch.kernel]

@@ -29,6 +29,7 @@ from runtime.cuda import (
     select_architecture,
     slot_buffers,
 )
+from runtime.cuda_driver import RecordedGraphs
 from runtime.errors import CodeCompilationError, InputMismatchError, ProgramError
 from tests.backends.cuda.kernels import requires_nvrtc
 
@@ -37,7 +38,7 @@ class FakeDriver:
     """A device made of numpy byte arrays. Pointers are (allocation number << 32) + offset, so an
     address off its allocation is caught; each launch runs its kernel (from `kernels`, by name)
     with the lockstep interpreter (a block's threads together), its parameters viewed at the
-    pointers it was given."""
+    pointers it was given. CUDA graphs record launches and replay them (`RecordedGraphs`)."""
 
     def __init__(self, kernels: dict[str, Kernel], capability: tuple[int, int] = (9, 0)) -> None:
         self.kernels = kernels
@@ -45,6 +46,7 @@ class FakeDriver:
         self.memory: dict[int, np.ndarray] = {}
         self.log: list[tuple] = []
         self.active = 0
+        self.graphs = RecordedGraphs(self.launch)
 
     @contextlib.contextmanager
     def activate(self):
@@ -74,15 +76,18 @@ class FakeDriver:
         self.log.append(("free", pointer))
 
     def upload(self, pointer, array, stream=None):
+        self.graphs.refuse("copy to the device")
         assert array.dtype == np.uint8
         self._at(pointer, array.nbytes)[:] = array
         self.log.append(("upload", array.nbytes))
 
     def download(self, array, pointer, stream=None):
+        self.graphs.refuse("copy from the device")
         array[:] = self._at(pointer, array.nbytes)
         self.log.append(("download", array.nbytes))
 
     def copy(self, destination, source, nbytes, stream=None):
+        self.graphs.refuse("copy on the device")
         self._at(destination, nbytes)[:] = self._at(source, nbytes)
         self.log.append(("copy", nbytes, stream))
 
@@ -96,6 +101,9 @@ class FakeDriver:
         return kernel
 
     def launch(self, function, grid, block, shared_bytes, pointers, stream=None):
+        if self.graphs.record(function, grid, block, shared_bytes, pointers):
+            self.log.append(("record", function.name, stream))
+            return
         arrays = [
             self._at(pointer, buffer.size * buffer.dtype.itemsize).view(buffer.dtype.numpy)
             for buffer, pointer in zip(function.params, pointers, strict=True)
@@ -111,6 +119,17 @@ class FakeDriver:
 
     def synchronize(self, stream=None):
         self.log.append(("synchronize", stream))
+
+    def capture(self, launches):
+        self.log.append(("capture",))
+        return self.graphs.capture(launches)
+
+    def replay(self, graph, stream=None):
+        self.log.append(("replay", len(graph), stream))
+        self.graphs.replay(graph, stream)
+
+    def free_graph(self, graph):
+        self.log.append(("free graph", len(graph)))
 
 
 def _block_graph() -> ir.Graph:

@@ -76,6 +76,8 @@ EXPRESSIONS = [
     (Binary("pow", x, y), "powf(x[i], x[i + 1])"),
     (-x, "-x[i]"),
     (-(x + y), "-(x[i] + x[i + 1])"),
+    (Unary("neg", -x), "-(-x[i])"),  # not "--", C's decrement
+    (-c(-2.5), "-(-2.5f)"),
     # f16/bf16 arithmetic: in float, rounded after every operation
     (Binary("add", hf, hf).cast(DType.f16), "kiln_round_f16(kiln_load(h[i]) + kiln_load(h[i]))"),
     (Binary("mul", b, b), "kiln_round_bf16(kiln_load(b[i]) * kiln_load(b[i]))"),
@@ -92,7 +94,7 @@ EXPRESSIONS = [
     (Unary("round", d), "rint(d[i])"),
     (Unary("abs", x), "fabsf(x[i])"),
     (Unary("erf", x), "(float)erf((double)x[i])"),
-    (Unary("erf", b), "kiln_round_bf16((float)erf((double)kiln_load(b[i])))"),
+    (Unary("erf", b), "kiln_f64_to_bf16(erf((double)kiln_load(b[i])))"),
     (Unary("erf", h), "kiln_f64_to_f16(erf((double)kiln_load(h[i])))"),
     (Call("fma", (x, y, x), DType.f32), "fmaf(x[i], x[i + 1], x[i])"),
     (Call("fma", (b, b, b), DType.bf16), "kiln_round_bf16(fmaf(kiln_load(b[i]), kiln_load(b[i]), kiln_load(b[i])))"),
@@ -128,7 +130,7 @@ EXPRESSIONS = [
     (Cast(x, DType.f64), "(double)x[i]"),
     (Cast(d, DType.f32), "(float)d[i]"),
     (Cast(x, DType.bf16), "kiln_round_bf16(x[i])"),
-    (Cast(d, DType.bf16), "kiln_round_bf16((float)d[i])"),
+    (Cast(d, DType.bf16), "kiln_f64_to_bf16(d[i])"),  # rounded once
     (Cast(x, DType.f16), "kiln_round_f16(x[i])"),
     (Cast(d, DType.f16), "kiln_f64_to_f16(d[i])"),
     (Cast(b, DType.f16), "kiln_bf16_to_f16(kiln_load(b[i]))"),
@@ -138,7 +140,7 @@ EXPRESSIONS = [
     (Cast(b, DType.u8), "kiln_to_u8(kiln_load(b[i]))"),
     (Cast(x + y, DType.i8), "kiln_to_i8(x[i] + x[i + 1])"),
     (Cast(n, DType.f32), "(float)n[i]"),
-    (Cast(n, DType.bf16), "kiln_round_bf16((float)n[i])"),
+    (Cast(n, DType.bf16), "kiln_i64_to_bf16(n[i])"),
     (Cast(n, DType.i32), "(int32_t)n[i]"),
     (Cast(n + 1, DType.i32), "(int32_t)(n[i] + 1)"),
     (Cast(x, DType.bool), "x[i] != 0"),

@@ -106,15 +106,17 @@ def test_a_prologue_and_an_epilogue_are_computed_in_the_kernel():
     _check(graph, node=node, check_races=True)
 
 
-def test_an_epilogue_that_reads_another_element_falls_back():
-    """A transpose after attention reads the result where no thread holds it."""
+def test_an_epilogue_that_moves_the_result_writes_each_element_where_it_lands():
+    """A transpose after attention (heads back beside the features): each thread writes the
+    element it holds at its transposed position (`backends.cuda.epilogue_scatter`)."""
     body = GraphBuilder("attention_group")
     q, k, v = (body.input(n, (BATCH, HEADS, 4, 8), DType.f32) for n in "qkv")
     inner = body.build(body.transpose(body.op(SDPA, q, k, v), perm=(0, 2, 1, 3)))
     outer = GraphBuilder("outer")
     inputs = [outer.input(v.name, v.type.shape, v.type.dtype) for v in inner.inputs]
-    (node,) = outer.build(outer.op("fused", *inputs, body=inner, kind="attention")).nodes
-    assert schedule_group(node, "transposed").template != TEMPLATE
+    graph = outer.build(outer.op("fused", *inputs, body=inner, kind="attention"))
+    (node,) = graph.nodes
+    _check(graph, node=node, check_races=True)
 
 
 def test_f64_attention_is_left_to_the_generic_schedule():

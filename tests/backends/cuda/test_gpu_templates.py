@@ -25,6 +25,7 @@ from passes import make_pass
 from tests.backends.cuda.kernels import requires_nvrtc
 from tests.backends.cuda.test_nvrtc import LOCAL_BYTES_PER_THREAD, REGISTERS_PER_SM, SHARED_BYTES_PER_BLOCK
 from tests.backends.lowering.lowered import assert_close
+from tests.passes.test_fusion_int8 import dynamic_quantize_linear
 
 FLOATS = [DType.f32, DType.f16, DType.bf16]
 LENGTHS = [1, 31, 33, 1000]
@@ -123,6 +124,65 @@ def test_a_reduction_over_a_leading_axis_or_of_bytes_falls_back(dtype, axes):
     graph = _graph("sum", (4, 6), dtype, lambda b, x: b.op("sum", x, axes=axes, keepdims=False))
     (node,) = [n for n in make_pass("fuse").run(graph).nodes if n.op == "fused"]
     assert schedule_group(node, "fallback").template == "spread"
+
+
+def _row_quantize(shape: tuple[int, ...]) -> Graph:
+    """Dynamic int8's per-row quantization as `passes.quantize` makes it: s = max|x| / 127 over the
+    last axis, q = quantize_linear(x, s, 0); both outputs (the GEMM's epilogue reads s)."""
+    builder = GraphBuilder(f"row_quantize_{len(shape)}")
+    x = builder.input("x", shape, DType.f32)
+    peak = builder.max(builder.abs(x), axes=(len(shape) - 1,), keepdims=True)
+    scale = builder.div(peak, builder.constant(np.float32(127), "int8_max"))
+    q = builder.quantize_linear(x, scale, builder.constant(np.int8(0), "zero_i8"))
+    return builder.build(scale, q)
+
+
+@pytest.mark.parametrize(("shape", "threads_per_row"), [
+    ((4, 64), None), ((2, 3, 33), None), ((5, 1), None), ((3, 1000), None), ((2, 100), 64),
+])  # fmt: skip
+def test_dynamic_int8_row_quantization_takes_the_row_template(shape, threads_per_row):
+    """The reduction's result read broadcast along its row by a full-size output: every lane holds
+    it after the shuffles, so each writes its own elements (one block or warp per row, not one
+    thread for the whole group). max, the division and the rounding are exact: bit for bit."""
+    graph = _row_quantize(shape)
+    scheduled = _check(graph, "rows.max", threads_per_row=threads_per_row)
+    assert scheduled.grid[0] * scheduled.block[0] > 1
+    inputs = _inputs(graph, seed=3)
+    outputs = [np.zeros(v.type.shape, v.type.dtype.numpy) for v in graph.outputs]
+    run_lockstep(scheduled.kernel, [*inputs, *outputs])
+    for actual, expected in zip(outputs, ir.run(graph, inputs), strict=True):
+        np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize(("shape", "axes", "threads_per_row"), [
+    ((4, 32), (), None), ((3, 40, 50), (), None), ((3, 1000), (1,), 64), ((5, 7), (1,), None),
+])  # fmt: skip
+def test_dynamic_quantize_linear_is_one_row_kernel_with_min_and_max_side_by_side(shape, axes, threads_per_row):
+    """Fusion's sibling reductions (min and max of one value) as one row kernel: both reduced per
+    row, the scale and zero point written once per row, q by every lane; bit-exact."""
+    graph = dynamic_quantize_linear(shape, axes)
+    scheduled = _check(graph, "rows.min_max", threads_per_row=threads_per_row)
+    inputs = _inputs(graph, seed=5)
+    outputs = [np.zeros(v.type.shape, v.type.dtype.numpy) for v in graph.outputs]
+    run_lockstep(scheduled.kernel, [*inputs, *outputs])
+    for actual, expected in zip(outputs, ir.run(graph, inputs), strict=True):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_a_full_size_output_reading_another_row_falls_back():
+    """An output that reads the row's result at another row (here through a transpose) is not what
+    the thread holds: the group keeps the generic schedule."""
+    builder = GraphBuilder("other_row")
+    x = builder.input("x", (4, 4), DType.f32)
+    peak = builder.max(x, axes=(1,), keepdims=True)
+    graph = builder.build(builder.add(x, builder.transpose(builder.expand(peak, shape=(4, 4)), perm=(1, 0))))
+    (node,) = [n for n in make_pass("fuse").run(graph).nodes if n.op == "fused"]
+    scheduled = schedule_group(node, "other_row")
+    assert not scheduled.template.startswith("rows."), scheduled.template
+    outputs = [np.zeros((4, 4), np.float32)]
+    inputs = _inputs(graph)
+    run_lockstep(scheduled.kernel, [*inputs, *outputs])
+    np.testing.assert_array_equal(outputs[0], ir.run(graph, inputs)[0])
 
 
 def test_removing_the_barrier_of_a_block_reduction_is_a_race():

@@ -4,13 +4,17 @@ the model tests; and the schedule has the shape the CUDA launch expects."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
-from backends.cuda import gpu_schedule, launch_dims
+import ir
+from backends.cuda import gpu_schedule, launch_dims, schedule_group
 from ir.dtype import DType
-from ir.loop import Buffer, Const, For, If, Kernel, Load, LoopKind, Ref, Store, Var, run_kernel
+from ir.loop import Buffer, Const, For, If, Kernel, Load, LoopKind, Ref, Store, Var, run_kernel, run_lockstep
 from tests.backends.cuda.kernels import model_kernels
+from tests.backends.lowering.lowered import assert_close
 
 # resnet_cnn is left out: its kernels spread over threads are convolutions that take the kernel
 # interpreter about 90 s (twice over); the models below cover the same schedule (GEMMs with
@@ -113,3 +117,93 @@ def test_a_kernel_without_one_parallel_loop_runs_on_one_thread():
 def test_threads_per_block_must_be_whole_warps_within_the_limit(threads):
     with pytest.raises(ValueError, match="multiple of 32"):
         gpu_schedule(_parallel_copy(4), threads_per_block=threads)
+
+
+# -- every model-test group gets a real GPU schedule --------------------------------------------
+
+
+@functools.cache
+def _cuda_groups(name: str, precision: str) -> tuple:
+    """The fused nodes of model `name` through the CUDA pipeline at `precision`."""
+    from compiler.frontends import import_model
+    from passes import PassManager
+    from passes.pipelines import default_pipeline
+    from tests.models.models import MODELS as ALL_MODELS
+
+    module, inputs = ALL_MODELS[name]()
+    graph = PassManager(default_pipeline("cuda", 2, precision=precision)).run(import_model(module, inputs).graph)
+    return tuple(node for node in graph.nodes if node.op == "fused")
+
+
+_MOVED = {"reshape", "transpose", "split", "squeeze", "unsqueeze", "flatten", "slice"}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", ["mlp", "resnet_cnn", *MODELS[1:]])
+def test_no_model_test_group_runs_on_one_thread(name, precision):
+    """Every group of the model tests gets a template or is spread over threads. A GEMM whose
+    outputs are its product moved (split into Q/K/V, transposed back before a residual) writes
+    them where each element lands, and every convolution is an implicit GEMM: both match the
+    graph interpreter in the lockstep interpreter."""
+    moved = convolutions = 0
+    for i, node in enumerate(_cuda_groups(name, precision)):
+        scheduled = schedule_group(node, f"{name}_{i}")
+        assert scheduled.template != "single-thread", f"{name} {precision} group {i}: {node.attrs['body'].name}"
+        body = node.attrs["body"]
+        ops = {n.op for n in body.nodes}
+        if not scheduled.template.startswith("conv.") and not (scheduled.template.startswith("gemm.") and _MOVED & ops):
+            continue
+        moved += bool({"transpose", "split"} & ops)  # the product moved: scattered
+        convolutions += scheduled.template.startswith("conv.")
+        rng = np.random.default_rng(i)
+        inputs = [rng.uniform(-1, 1, v.type.shape).astype(v.type.dtype.numpy) for v in body.inputs]
+        outputs = [np.full(v.type.shape, 123).astype(v.type.dtype.numpy) for v in body.outputs]
+        run_lockstep(scheduled.kernel, [*inputs, *outputs])
+        for value, actual, expected in zip(body.outputs, outputs, ir.run(body, inputs)):
+            assert_close(actual, expected, value.type.dtype, f"{name} {precision} group {i}")
+    assert moved == {"transformer_encoder_layer": 2, "gpt_decoder_block": 1, "gpt_decoder_block_masked": 1}.get(name, 0)
+    assert convolutions == (6 if name == "resnet_cnn" else 0)  # every conv (none is depthwise) as an implicit GEMM
+
+
+@pytest.mark.parametrize("dtype", [DType.f32, DType.bf16], ids=str)
+def test_a_gemm_writes_its_product_split_sliced_and_transposed(dtype):
+    """Edge tiles (small tiles on 20 x 30) and the guards of split and slice pieces."""
+    from backends.cuda.templates_gpu_gemm import FmaTiles, gemm_template
+    from backends.cuda.templates_gpu_mma import MmaTiles
+    from ir import GraphBuilder
+
+    builder = GraphBuilder("moved")
+    x, w = builder.input("x", (4, 5, 12), dtype), builder.input("w", (12, 30), dtype)
+    residual = builder.input("r", (5, 4, 10), dtype)
+    y = builder.reshape(builder.matmul(x, w), shape=(4, 5, 3, 10))
+    q, k, v = builder.split(y, axis=2, sizes=(1, 1, 1))
+    first = builder.add(builder.transpose(builder.squeeze(q, axes=(2,)), perm=(1, 0, 2)), residual)
+    second = builder.relu(builder.slice(builder.squeeze(k, axes=(2,)), starts=(0,), ends=(7,), axes=(2,)))
+    rest = builder.slice(builder.squeeze(v, axes=(2,)), starts=(7,), ends=(10,), axes=(2,))
+    graph = builder.build(first, second, rest)  # one group, as fusion would not make it
+    outer = GraphBuilder("outer")
+    node = outer.op("fused", *(outer.input(v.name, v.type.shape, dtype) for v in graph.inputs), body=graph)
+    node = outer.build(*node).nodes[-1]
+    made = gemm_template(node, "moved", fma_tiles=FmaTiles(32, 16, 8, 2, 2), mma_tiles=MmaTiles(32, 16, 16, 2, 2))
+    assert made is not None and made[1] == ("gemm.fma" if dtype == DType.f32 else "gemm.mma")
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(-1, 1, v.type.shape).astype(v.type.dtype.numpy) for v in graph.inputs]
+    outputs = [np.full(v.type.shape, 123).astype(v.type.dtype.numpy) for v in graph.outputs]
+    run_lockstep(made[0], [*inputs, *outputs])
+    for value, actual, expected in zip(graph.outputs, outputs, ir.run(graph, inputs)):
+        assert_close(actual, expected, value.type.dtype, "moved")
+
+
+def test_a_product_read_at_two_positions_is_not_scattered():
+    """y + transpose(y): each output element reads the product twice, at different positions;
+    no thread holds both, so the GEMM template declines."""
+    from backends.cuda.templates_gpu_gemm import gemm_template
+    from ir import GraphBuilder
+    from passes import make_pass
+
+    builder = GraphBuilder("twice")
+    x, w = builder.input("x", (8, 8), DType.f32), builder.input("w", (8, 8), DType.f32)
+    y = builder.matmul(x, w)
+    graph = builder.build(builder.add(y, builder.transpose(y, perm=(1, 0))))
+    (node,) = [n for n in make_pass("fuse").run(graph).nodes if n.op == "fused"]
+    assert gemm_template(node, "twice") is None

@@ -134,3 +134,14 @@ def test_an_epilogue_on_a_scalar_reduction_reads_offset_zero():
     x = builder.input("x", ())
     graph = builder.build(builder.tile(builder.max(x, axes=(), keepdims=False), repeats=()))
     _check(graph, [np.array(-3.5, np.float32)])
+
+
+def test_a_cast_into_bf16_or_f16_rounds_once_not_through_f32():
+    # Just above a tie of bf16 (and of f16) in f64: a nearest f32 lands on the tie itself.
+    values = np.array([1 + 2.0**-8 + 2.0**-40, -(1 + 2.0**-8 + 2.0**-40), 1 + 2.0**-11 + 2.0**-40, 0.1])
+    for target in (DType.bf16, DType.f16):
+        builder = GraphBuilder(f"to_{target}")
+        graph = builder.build(builder.cast(builder.input("x", (4,), DType.f64), dtype=target))
+        (got,) = run_lowered(graph, [values])
+        wanted = values.astype(target.numpy)
+        assert np.asarray(got).view(np.uint16).tolist() == wanted.view(np.uint16).tolist(), target
