@@ -313,6 +313,26 @@ def matmul_to_gemm(rw: Rewriter, node: Node) -> Value | None:
     )
 
 
+def unexpand_matmul_operand(rw: Rewriter, node: Node) -> Value | None:
+    """matmul(a, expand(b)) -> matmul(a, b) (and likewise for a) where the expand only stretches
+    batch axes that matmul broadcasts anyway: torch's attention in-projection expands its
+    [K, N] weight over the sequence ([S, K, N], S times the weight's bytes, in every interpreter
+    run and compile-time sample); unexpanded, `transpose_into_matmul` makes it one gemm."""
+    operands = list(node.inputs)
+    for position, value in enumerate(operands):
+        producer = rw.producer(value)
+        if producer is None or producer.op != "expand":
+            continue
+        (source,) = producer.inputs
+        if source.type.rank < 2 or source.type.shape[-2:] != value.type.shape[-2:]:
+            continue  # the expand stretches a matrix axis (or makes the vector a matrix)
+        operands[position] = source
+        if OPS["matmul"].infer(*(v.type for v in operands)) != node.outputs[0].type:
+            return None  # the expand also stretched the other operand's batch: keep it
+        return rw.op("matmul", *operands)
+    return None
+
+
 def absorb_transposes_into_gemm(rw: Rewriter, node: Node) -> Value | None:
     """gemm(transpose(m), b){trans_a=t} -> gemm(m, b){trans_a=!t}, and likewise for b."""
     a, b, *bias = node.inputs
@@ -424,6 +444,9 @@ CONTRACTION = RuleTable(
     (
         # matmul(a, transpose(w)) -> gemm(a, w){trans_b}, matmul(transpose(m), b) -> gemm(m, b){trans_a}
         Rule("transpose_into_matmul", pat("matmul", name="node"), matmul_to_gemm),
+        # matmul(a, expand(b)) -> matmul(a, b) where the expand only stretches batch axes; not
+        # exact: numpy's matmul may sum a broadcast operand in another order than its copy
+        Rule("unexpand_matmul_operand", pat("matmul", name="node"), unexpand_matmul_operand, exact=False),
         # gemm(transpose(m), b){trans_a=t} -> gemm(m, b){trans_a=!t}, the same for b
         Rule("transpose_into_gemm", pat("gemm", name="node"), absorb_transposes_into_gemm),
         # matmul(a, b) + bias -> gemm(a, b, bias)

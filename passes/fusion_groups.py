@@ -13,13 +13,18 @@ a rule of `RULES` allows it, sweeping the graph until nothing merges:
   norm's scale and shift) on at most the elements the reduction reads;
 - contraction + pointwise epilogue: applied to each output tile before it is stored (bias,
   activation, residual add, cast, an int8 GEMM's dequantizing scales) on exactly the
-  contraction's output elements.
+  contraction's output elements;
+- the one contraction prologue: an int8 weight's dequantization (weight-only int8), which the
+  GEMM applies as it reads B instead of a kernel writing the f32 weight every run;
+- reduction + reduction of the same value over the same axes (min and max of a dynamic
+  quantization): one pass over the value.
 
 Attention, movement and opaque nodes, and existing `fused` nodes, stay groups of their own.
 A merge is refused when a path between the two groups runs through a third group (merging
 would make a cycle; checked with networkx over the graph of groups). No node is ever copied
 into two groups, so no work is done twice; a value that another group or the graph's result
-reads becomes an output of its group. A group holds at most one reduction or contraction.
+reads becomes an output of its group. A group holds at most one reduction or contraction, or
+sibling reductions (same input, same axes).
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ GEMM_COMPOSITES = frozenset({"matmul_integer"})
 integer GEMM's widened bytes minus zero points): contractions, whose epilogues (the dequantizing
 scale, bias, activation) fuse into the kernel like any matmul's."""
 _ANCHORS = frozenset({GroupKind.REDUCTION, GroupKind.CONTRACTION})
-"""Kinds whose op sets the kernel's loop structure; a group holds at most one such node."""
+"""Kinds whose op sets the kernel's loop structure; a group holds one such node (or sibling reductions)."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,50 @@ def _contraction_epilogue(grouping: _Grouping, producer: int, consumer: int) -> 
     return all(size(node) == domain for node in grouping.members[consumer])
 
 
+WEIGHT_PROLOGUE_OPS = frozenset({"dequantize_linear", "cast", "reshape", "transpose"})
+"""What a weight's prologue may hold (`_dequantizing_prologue`): an int8 weight widened and scaled."""
+
+
+def _dequantizing_prologue(grouping: _Grouping, producer: int, consumer: int) -> bool:
+    """A weight-only int8 weight, `dequantize_linear(q, s, z)` of constants, that only the GEMM's
+    B operand reads: the GEMM dequantizes as it reads B, so the f32 weight is never written and
+    read back each run. The one prologue allowed: it reads no run-time value, costs a convert and
+    a multiply per element read, and the GEMM reads B once per tile of rows (GPU: while staging a
+    shared-memory tile; CPU: per row tile), against the weight's bytes read four times over."""
+    anchor = grouping.anchor[consumer]
+    members = grouping.members[producer]
+    if anchor is None or anchor.op not in ("matmul", "gemm") or grouping.returns_a_value(producer):
+        return False
+    if not any(n.op == "dequantize_linear" for n in members) or any(n.op not in WEIGHT_PROLOGUE_OPS for n in members):
+        return False
+    producers = grouping.graph.producers
+    for value in (v for node in members for v in node.inputs):
+        source = producers.get(value)
+        if source is None or (source.op != "const" and grouping.group_of.get(source) != producer):
+            return False  # it reads a run-time value (a graph input, another kernel's): an activation
+    weight = anchor.inputs[1]
+    produced = {v for node in members for v in node.outputs}
+    return all(set(reader.inputs) & produced == {weight} and reader is anchor
+               for reader in grouping.readers_outside(producer))  # fmt: skip
+
+
+SIBLING_REDUCTIONS = frozenset({"min", "max", "sum", "mean"})
+"""Reductions that share a pass over their input when they reduce the same value the same way."""
+
+
+def _sibling_reduction(grouping: _Grouping, producer: int, consumer: int) -> bool:
+    """Two reductions of one value over the same axes (ONNX's DynamicQuantizeLinear: min(x) and
+    max(x), then the scale and zero point from both): one kernel reads x for both, the first's
+    epilogue on the few elements of its result. The GPU row template reduces both per row."""
+    first, second = grouping.anchor[producer], grouping.anchor[consumer]
+    if first.op not in SIBLING_REDUCTIONS or second.op not in SIBLING_REDUCTIONS:
+        return False
+    if first.inputs[0] is not second.inputs[0] or first.attrs != second.attrs:
+        return False
+    domain = size(first)
+    return all(size(node) <= domain for node in grouping.members[producer] if node is not first)
+
+
 @dataclass(frozen=True)
 class MergeRule:
     """`producer` group feeding a `consumer` group may merge into a `result` group when `allows`."""
@@ -226,9 +275,11 @@ RULES: dict[tuple[GroupKind, GroupKind], MergeRule] = {
         MergeRule(P, R, R, _private_prologue),  # sum(exp(x - m)) -> loads x, computes exp, sums
         MergeRule(R, P, R, _reduction_epilogue),  # softmax(x) * v, mean(x) / n -> after the reduction
         MergeRule(C, P, C, _contraction_epilogue),  # gelu(x @ w + b) -> on each output tile
-        # No rule for contraction prologues: a contraction reads each operand element many
-        # times (once per output tile), so a prologue would be recomputed; neither for two
-        # anchors (reduction + reduction, reduction + contraction) in one kernel.
+        MergeRule(P, C, C, _dequantizing_prologue),  # x @ dequantize(q, s) -> B dequantized as read
+        MergeRule(R, R, R, _sibling_reduction),  # min(x), max(x) -> one kernel over x
+        # No other contraction prologue: a contraction reads each operand element many times
+        # (once per output tile), so a prologue would be recomputed; no other rule for two
+        # anchors (reductions of different values, reduction + contraction) in one kernel.
     )
 }
 del P, R, C

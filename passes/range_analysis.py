@@ -52,10 +52,15 @@ def merge_sampled(samples: Sequence[Bounds]) -> Bounds:
 
 def max_abs(array: np.ndarray) -> float:
     """max |a|: 0 for an empty array, inf when any element is nan or infinite."""
+    array = np.asarray(array)
     if array.size == 0:
         return 0.0
-    wide = np.asarray(array).astype(np.float64)
-    largest = float(np.max(np.abs(wide)))
+    if array.dtype.kind not in "fiub":  # bf16 (numpy kind "V"): exactly in f32
+        array = array.astype(np.float32)
+    # The two ends, not max(abs(a)) in f64: no temporary copies of a large activation (compile
+    # samples every value of the graph on the example inputs).
+    ends = (float(np.max(array)), float(np.min(array)))
+    largest = max(abs(ends[0]), abs(ends[1]))
     return math.inf if math.isnan(largest) else largest
 
 
@@ -272,6 +277,7 @@ RULES: dict[str, Rule] = {
     "scatter": _scatter,
     "full": lambda node, b: abs(node.attrs["value"]),
     "arange": _arange,
+    "unpack_bytes": lambda node, b: math.inf,  # bytes of words: their type bounds them (_capped)
 }
 
 

@@ -17,7 +17,7 @@ from ir.attributes import REQUIRED
 from ir.testing import assert_equivalent, drawable_ops, graphs
 from passes import make_pass
 from passes.fuse import kernel_count
-from passes.fusion_groups import GroupKind, find_groups
+from passes.fusion_groups import SIBLING_REDUCTIONS, GroupKind, find_groups
 
 FUSE = make_pass("fuse")
 
@@ -70,7 +70,11 @@ def check_fusion(graph: ir.Graph) -> ir.Graph:
     assert groups_are_acyclic(graph, groups)
     for group in groups:
         anchors = [n for n in group.nodes if ir.get_op(n.op).kind in (OpKind.REDUCTION, OpKind.CONTRACTION)]
-        assert len(anchors) <= 1, "two reductions or contractions in one kernel"
+        siblings = all(  # sibling reductions (one value, same axes) share a kernel: fusion_groups' rule
+            n.op in SIBLING_REDUCTIONS and n.inputs[0] is anchors[0].inputs[0] and n.attrs == anchors[0].attrs
+            for n in anchors
+        )
+        assert len(anchors) <= 1 or siblings, "two reductions or contractions in one kernel"
         if group.kind in (GroupKind.ATTENTION, GroupKind.OPAQUE, GroupKind.MOVEMENT):
             assert len(group.nodes) == 1
     assert str(FUSE.run(fused)) == str(fused), "fusing a fused graph changes it"
