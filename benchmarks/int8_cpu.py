@@ -2,23 +2,32 @@
 "int8-dynamic" | "int8-static")` beside fp32 Kiln, ONNX Runtime fp32 and ONNX Runtime's own
 `quantize_dynamic` of the same model (issue 10), as markdown tables.
 
-    .venv/bin/python benchmarks/int8_cpu.py                   # OCR, encoder, GPT block, GEMM; 2 threads
+    .venv/bin/python benchmarks/int8_cpu.py                   # OCR, encoder, GPT block, BERT layer, GEMM; 2 threads
     .venv/bin/python benchmarks/int8_cpu.py --cases ocr --threads 1 --quick
 
 - `ocr`: the TRAINED PP-OCRv4 recognizer (.cache/models, `scripts/fetch_models.py`) on REAL inputs,
   the rendered text lines of `tests/models/ocr.py`: lines read identically to the fp32 model, per-frame
   top-1 agreement and the minimum cosine of the output rows against fp32 Kiln. Static calibration
   uses other rendered lines (`CALIBRATION`), never the measured ones.
-- `encoder`, `gpt`: the model tests' transformer encoder layer and GPT block (RANDOM weights):
-  cosine, max abs error and top-1 agreement along the last axis against torch fp32.
+- `encoder`: the model tests' transformer encoder layer (RANDOM weights): cosine, max abs error and
+  top-1 agreement along the last axis against torch fp32.
+- `gpt`: the model tests' GPT-2 block (`GPTBlock`: pre-norm causal attention, GELU MLP) at GPT-2
+  small's size, 768 wide, 12 heads, batch 1, sequence 128, RANDOM weights; the columns of `bert`.
+- `bert`: a BERT-base-sized encoder layer (hidden 768, 12 heads, feed-forward 3072, GELU, post-norm) and a
+  32-class token head, batch 1, sequence 128, RANDOM weights (no trained BERT is available offline):
+  each Kiln mode, ONNX Runtime fp32 and `quantize_dynamic`, and Kiln compiling ONNX Runtime's own
+  `quantize_dynamic` and `quantize_static` (QDQ) models (`passes.qdq`); against torch fp32.
 - `gemm`: 1024^3 on one thread, int8 (`matmul_integer`: s8 x s8 with i32 accumulation, the int8 GEMM of
-  `backends.lowering.templates_quant`, `vpdpbusd` on AVX-512 VNNI) beside Kiln's f32 GEMM.
+  `backends.lowering.templates_quant`, `vpdpbusd` on AVX-512 VNNI) beside Kiln's f32 GEMM. Under
+  KILN_CPU_ISA=avx2 both are AVX2 code (the int8 GEMM on AVX-VNNI's ymm `vpdpbusd` where the host has it),
+  and KILN_CPU_ISA=avx2-novnni measures AVX2 without it (`vpmaddwd` on bytes widened to i16).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import compiler  # noqa: E402
 from benchmarks.common import FULL, QUICK, export_onnx, measure, ort_session_options, quiet  # noqa: E402
 from ir import DType, GraphBuilder  # noqa: E402
+from runtime.cpu import ISA_ENVIRONMENT_VARIABLE  # noqa: E402
 
 MODES = ("int8-weight", "int8-dynamic", "int8-static")
 CALIBRATION = ("calibration line one", "Kiln 0123456789", "abc XYZ def", "quantized model")
@@ -137,14 +147,21 @@ def ocr(threads: int, budget) -> list[str]:
 
 
 def transformer(case: str, threads: int, budget) -> list[str]:
-    import torch
-
     models = _load("kiln_reference_models", ROOT / "tests/models/models.py")
     module, inputs = models.MODELS[case]()
+    return compare(case, module, inputs, threads, budget)
+
+
+def compare(case: str, module, inputs, threads: int, budget, ort_models_in_kiln: bool = False) -> list[str]:
+    """Kiln fp32 and each int8 mode, ONNX Runtime fp32 and quantize_dynamic (and, with
+    `ort_models_in_kiln`, Kiln compiling ORT's quantize_dynamic and QDQ models) against torch fp32."""
+    import torch
+
     x = inputs[0]
     with torch.no_grad():
         expected = module(*inputs).numpy()
-    calibration = [(torch.randn_like(x),) for _ in range(4)]
+    generator = torch.Generator().manual_seed(7)
+    calibration = [(torch.randn(x.shape, generator=generator),) for _ in range(4)]
     runners = {"Kiln fp32": compiler.compile(module, inputs, target="cpu", threads=threads)}
     for mode in MODES:
         runners[f"Kiln {mode}"] = compiler.compile(
@@ -152,8 +169,14 @@ def transformer(case: str, threads: int, budget) -> list[str]:
             calibration=calibration if mode == "int8-static" else None,
         )  # fmt: skip
     model = export_onnx(module, inputs)
+    dynamic = ort_quantized(model)
     runners["ORT fp32"] = ort_session(model, threads)
-    runners["ORT quantize_dynamic"] = ort_session(ort_quantized(model), threads)
+    runners["ORT quantize_dynamic"] = ort_session(dynamic, threads)
+    if ort_models_in_kiln:
+        qdq = ort_quantized_static(model, [c[0].numpy() for c in calibration])
+        runners["ORT quantize_static (QDQ)"] = ort_session(qdq, threads)
+        runners["Kiln on ORT's quantize_dynamic model"] = compiler.compile(dynamic, target="cpu", threads=threads)
+        runners["Kiln on ORT's QDQ model"] = compiler.compile(qdq, target="cpu", threads=threads)
     base = None
     out = [
         f"{case} (RANDOM weights), input {list(x.shape)}, {threads} thread(s); against torch fp32",
@@ -171,6 +194,60 @@ def transformer(case: str, threads: int, budget) -> list[str]:
     return out
 
 
+def ort_quantized_static(model: bytes, calibration: list[np.ndarray]) -> bytes:
+    """ONNX Runtime's `quantize_static` in QDQ format (int8 weights per channel, activations from the
+    min-max of `calibration`)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    name = onnx.load_from_string(model).graph.input[0].name
+    sets = iter([{name: x} for x in calibration])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(sets, None)
+
+    with tempfile.TemporaryDirectory() as directory:
+        source, target = Path(directory) / "f32.onnx", Path(directory) / "qdq.onnx"
+        source.write_bytes(model)
+        with quiet():
+            quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+        return target.read_bytes()
+
+
+def bert(threads: int, budget) -> list[str]:
+    """A BERT-base encoder layer and a token head (random weights), batch 1, sequence 128."""
+    import torch
+    from torch import nn
+
+    class EncoderWithHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(
+                d_model=768, nhead=12, dim_feedforward=3072, dropout=0.0, activation="gelu", batch_first=True
+            )
+            self.head = nn.Linear(768, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.layer(x))
+
+    torch.manual_seed(0)
+    module = EncoderWithHead().eval()
+    inputs = (torch.randn((1, 128, 768), generator=torch.Generator().manual_seed(1)),)
+    return compare("BERT-base encoder layer + token head", module, inputs, threads, budget, ort_models_in_kiln=True)
+
+
+def gpt(threads: int, budget) -> list[str]:
+    """The model tests' GPT-2 block at GPT-2 small's width (random weights), batch 1, sequence 128."""
+    import torch
+
+    models = _load("kiln_reference_models", ROOT / "tests/models/models.py")
+    torch.manual_seed(0)
+    module = models.GPTBlock(width=768, heads=12).eval()
+    inputs = (torch.randn((1, 128, 768), generator=torch.Generator().manual_seed(1)),)
+    return compare("GPT-2-small block", module, inputs, threads, budget, ort_models_in_kiln=True)
+
+
 def gemm(budget, n: int = 1024) -> list[str]:
     rng = np.random.default_rng(0)
     graphs = {}
@@ -182,7 +259,9 @@ def gemm(budget, n: int = 1024) -> list[str]:
         else:
             w = b.constant(rng.integers(-127, 128, (n, n)).astype(np.int8), "w")
             graphs[dtype] = b.build(b.matmul_integer(a, w))
-    out = [f"GEMM {n}^3, 1 thread", "", "| kind | ms | GOP/s | vs f32 |", "| --- | --- | --- | --- |"]
+    isa = os.environ.get(ISA_ENVIRONMENT_VARIABLE) or "native"
+    header = f"GEMM {n}^3, 1 thread, {ISA_ENVIRONMENT_VARIABLE}={isa}"
+    out = [header, "", "| kind | ms | GOP/s | vs f32 |", "| --- | --- | --- | --- |"]
     base = None
     for dtype, graph in graphs.items():
         compiled = compiler.compile(graph, target="cpu", threads=1)
@@ -201,7 +280,7 @@ def gemm(budget, n: int = 1024) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="ocr,encoder,gpt,gemm")
+    parser.add_argument("--cases", default="ocr,encoder,gpt,bert,gemm")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="shorter timing boxes")
     args = parser.parse_args()
@@ -213,7 +292,9 @@ def main() -> None:
     if "encoder" in cases:
         sections.append(transformer("transformer_encoder_layer", args.threads, budget))
     if "gpt" in cases:
-        sections.append(transformer("gpt_decoder_block", args.threads, budget))
+        sections.append(gpt(args.threads, budget))
+    if "bert" in cases:
+        sections.append(bert(args.threads, budget))
     if "gemm" in cases:
         sections.append(gemm(budget))
     print("\n\n".join("\n".join(section) for section in sections))

@@ -12,6 +12,7 @@ from passes import (  # noqa: F401  (imported to register the passes)
     layout,
     lower_precision,
     prune_dead_nodes,
+    qdq,
     quantize,
 )
 from passes.manager import (

@@ -4,7 +4,8 @@ as a list of named steps and `irdump -O2` prints what it runs.
 - O0: nothing; the graph as imported.
 - O1: clean-ups that never change a value: exact simplifications, fold what is constant,
   merge duplicates, then drop what no output needs.
-- O2: the same with every simplification, including the ones that round differently
+- O2: first, Q/DQ patterns of quantized models onto integer matmuls (`fuse_qdq`); then the same with
+  every simplification, including the ones that round differently
   (batch-norm folded into conv/gemm, x + 0.0 -> x); then lower precision when asked (the only
   step that changes values on purpose); for the CPU, store constant GEMM weights the way its
   micro-kernel reads them (`layout`); then fuse nodes into kernels (last, so it groups the final
@@ -43,6 +44,9 @@ def default_pipeline(target: str = "reference", opt_level: int = 2, precision: s
     # Simplify first: it exposes constants and duplicates to the clean-up steps.
     steps = ["canonicalize{exact_only=true}" if opt_level == 1 else "canonicalize", *_CLEANUP]
     if opt_level >= 2:
+        # Q/DQ models (ONNX Runtime's QDQ format) onto integer matmuls (passes.qdq); before folding, which
+        # would turn a dequantized int8 weight into a float one. Reassociating, so not at O1.
+        steps.insert(0, "fuse_qdq")
         if _PRECISION[precision]:
             # lowering leaves cast pairs, quantizing zero-point constants, to merge; no fold_constants after
             # quantize, which would turn a weight-only model's int8 weights back into f32 ones

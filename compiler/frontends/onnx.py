@@ -58,6 +58,9 @@ better computed at run time than stored; a later constant-folding pass may decid
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
+NOT_FOLDED = frozenset({"DequantizeLinear"})
+"""Ops left as ops on constant inputs: a dequantized int8 weight is what `passes.qdq` fuses."""
+
 
 def max_opset() -> int:
     """The newest default-domain opset imported natively: the installed onnx's newest."""
@@ -304,6 +307,8 @@ class _GraphImporter:
         try:
             folded = None
             foldable = all(c is not None for c, name in zip(constants, node.input) if name)
+            # An int8 weight stays int8 through DequantizeLinear, for passes.qdq to find (folding comes later).
+            foldable = foldable and node.op_type not in NOT_FOLDED
             if foldable:
                 folded = self._fold(node, source, schema, constants, convert)
             if folded is not None:

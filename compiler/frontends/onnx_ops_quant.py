@@ -5,9 +5,9 @@ tools (ONNX Runtime's `quantize_dynamic` / `quantize_static`) compile.
 QuantizeLinear and DequantizeLinear are mapped by `onnx_ops_elementwise` (onto float ops, which
 the ONNX node cases check); the IR's quantization ops take scales and zero points that *broadcast* to the tensor
 (`ir.ops.quantization`), so ONNX's per-axis 1-D scales are reshaped here to `[C, 1, ..., 1]`.
-The integer contractions decompose onto the table: MatMulInteger is `matmul_integer`; ConvInteger
-subtracts the zero points in i32 and convolves in f64, which is exact (every product is below 2^16
-and every sum far below 2^53) where an f32 convolution would round past K = 2^24 / 255^2 taps.
+The integer contractions are ops of the table: MatMulInteger is `matmul_integer`, ConvInteger
+`conv_integer` (i32 sums, exact; the CPU's int8 convolution where the zero points are zero, its i32
+implicit GEMM otherwise); QLinearConv adds its i32 bias to that sum exactly.
 QLinearMatMul and QLinearConv are their integer forms followed by a float rescale and
 `quantize_linear`: the same function as ONNX Runtime's fixed-point requantization up to the
 rounding of the combined scale, so results can differ by one quantum where a value sits on a tie.
@@ -125,20 +125,20 @@ def _requantize(ctx: NodeContext, real: Value, y_scale: Value, y_point: Value) -
 
 
 def _conv_accumulate(ctx: NodeContext, x: Value, x_point: Value | None, w: Value, w_point: Value | None) -> Value:
-    """sum((x - zx) * (w - zw)) over each window, exactly, in f64 (see the module docstring)."""
-
-    def centered(value: Value, point: Value | None) -> Value:
-        wide = ctx.cast(value, DType.i32)
-        if point is not None:
-            wide = ctx.op("sub", wide, ctx.cast(_along(ctx, point, value, 0), DType.i32))
-        return ctx.cast(wide, DType.f64)
-
+    """`conv_integer`: sum((x - zx) * (w - zw)) over each window in i32, padding taps reading zx (0
+    once centered, as ONNX's reference does); zx per tensor, zw per tensor or per output channel."""
     kernel = tuple(ctx.attr("kernel_shape") or w.type.shape[2:])
     strides, pads, dilations = _window(ctx, x, kernel)
+    points = []
+    if x_point is not None or w_point is not None:
+        points.append(ctx.op("reshape", x_point, shape=()) if x_point is not None else _zero(ctx, x))
+    if w_point is not None:
+        points.append(_along(ctx, w_point, w, 0))
     return ctx.op(
-        "conv",
-        centered(x, x_point),
-        centered(w, w_point),
+        "conv_integer",
+        x,
+        w,
+        *points,
         strides=strides,
         pads=pads,
         dilations=dilations,
@@ -146,9 +146,12 @@ def _conv_accumulate(ctx: NodeContext, x: Value, x_point: Value | None, w: Value
     )
 
 
+def _zero(ctx: NodeContext, like: Value) -> Value:
+    return ctx.constant(np.zeros((), like.type.dtype.numpy), "zero_point")
+
+
 def _conv_integer(ctx: NodeContext) -> Value:
-    x, w = ctx.input(0), ctx.input(1)
-    return ctx.cast(_conv_accumulate(ctx, x, ctx.optional(2), w, ctx.optional(3)), DType.i32)
+    return _conv_accumulate(ctx, ctx.input(0), ctx.optional(2), ctx.input(1), ctx.optional(3))
 
 
 def _qlinear_conv(ctx: NodeContext) -> Value:
@@ -156,8 +159,8 @@ def _qlinear_conv(ctx: NodeContext) -> Value:
     w, w_scale, w_point = ctx.input(3), ctx.input(4), ctx.input(5)
     y_scale, y_point, bias = ctx.input(6), ctx.input(7), ctx.optional(8)
     accumulated = _conv_accumulate(ctx, x, x_point, w, w_point)
-    if bias is not None:  # i32 per output channel, in units of x_scale * w_scale
-        accumulated = ctx.op("add", accumulated, _along(ctx, ctx.cast(bias, DType.f64), accumulated, 1))
+    if bias is not None:  # i32 per output channel, in units of x_scale * w_scale: added exactly, in i32
+        accumulated = ctx.op("add", accumulated, _along(ctx, bias, accumulated, 1))
     scale = ctx.op(
         "mul", _float(ctx, ctx.op("reshape", x_scale, shape=())), _along(ctx, _float(ctx, w_scale), accumulated, 1)
     )
