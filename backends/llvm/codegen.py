@@ -18,29 +18,25 @@ into registers; local buffers live on the stack up to `STACK_LIMIT` bytes and on
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from llvmlite import ir
 
+from backends.llvm import dot4
 from backends.llvm.intrinsics import (
     I1,
-    I8,
-    I32,
     I64,
     MATH_FUNCTIONS,
     REGISTER_TYPES,
     STORAGE_TYPES,
     call_intrinsic,
     cast,
-    const_like,
     constant,
     declare,
     integer_divide,
     integer_power,
-    like,
     math_function,
     maximum,
     narrow,
@@ -101,73 +97,37 @@ def _fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Val
     return call_intrinsic(builder, "fma", a, b, c)
 
 
-@functools.cache
 def host_has_vnni() -> bool:
     """Whether the host has AVX-512 VNNI with 128/256-bit forms (avx512vl): `vpdpbusd` for any lanes."""
-    features = set(host_target()["features"].split(","))
-    return {"+avx512vnni", "+avx512vl", "+avx512f"} <= features
+    return dot4.has_avx512_vnni(host_target()["features"])
 
 
 def use_vnni() -> bool:
-    """Whether `dot4_u8s8` becomes `vpdpbusd` (tests replace this to run the portable form)."""
-    return host_has_vnni()
+    """Whether `dot4_u8s8` becomes `vpdpbusd`: AVX-512 VNNI, or AVX-VNNI's ymm form on an AVX2-level
+    host (tests replace this to run the other forms)."""
+    features = host_target()["features"]
+    return dot4.has_avx512_vnni(features) or dot4.has_avx_vnni(features)
 
 
-_VPDPBUSD_LANES = (4, 8, 16)
-"""i32 lanes of `vpdpbusd` on an xmm, ymm and zmm register."""
+def use_vpmaddwd() -> bool:
+    """Without VNNI: whether `dot4_u8s8` takes AVX2's exact `vpmaddwd` form (tests replace this to run
+    the plain arithmetic)."""
+    return dot4.has_avx2(host_target()["features"])
 
 
 def dot4_u8s8(builder: ir.IRBuilder, acc: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:
-    """acc + sum over bytes q of u8(a_q) * s8(b_q), wrapping in i32, on scalars or vectors: `vpdpbusd`
-    on a VNNI host (a vector of 16 lanes is one zmm instruction, 64 lanes four; a scalar is lane 0
-    of the xmm form), else plain i32 arithmetic.
+    """acc + sum over bytes q of u8(a_q) * s8(b_q), wrapping in i32, on scalars or vectors
+    (`backends.llvm.dot4`): `vpdpbusd` on a VNNI host (zmm with AVX-512, ymm with AVX-VNNI), else
+    AVX2's `vpmaddwd` on bytes widened to i16, else plain i32 arithmetic.
 
-    The instruction is used for scalars too, not only for speed: LLVM 22 turns the plain
+    The instructions are used for scalars too, not only for speed: LLVM 22 turns the plain
     arithmetic, once its SLP or loop vectorizer has widened it, into `vpdpwssd` on VNNI hosts and
     was seen to compute wrong sums there (edge columns of the int8 GEMM, varying run to run)."""
-    if not use_vnni():
-        return _dot4_arithmetic(builder, acc, a, b)
-    if not isinstance(acc.type, ir.VectorType):
-        wide = ir.VectorType(I32, 4)
-        operands = [builder.insert_element(ir.Constant(wide, None), x, ir.Constant(I32, 0)) for x in (acc, a, b)]
-        return builder.extract_element(_vpdpbusd(builder, *operands), ir.Constant(I32, 0))
-    lanes = acc.type.count
-    if lanes in _VPDPBUSD_LANES:
-        return _vpdpbusd(builder, acc, a, b)
-    if lanes % 16:
-        return _dot4_arithmetic(builder, acc, a, b)
-    pieces = []  # 16 lanes at a time, then concatenated pairwise
-    for start in range(0, lanes, 16):
-        part = ir.Constant(ir.VectorType(I32, 16), list(range(start, start + 16)))
-        cut = [builder.shuffle_vector(x, ir.Constant(x.type, ir.Undefined), part) for x in (acc, a, b)]
-        pieces.append(_vpdpbusd(builder, *cut))
-    while len(pieces) > 1:
-        if len(pieces) % 2:
-            return _dot4_arithmetic(builder, acc, a, b)  # 48 lanes: no even split (lowering never asks)
-        joined = ir.VectorType(I32, 2 * pieces[0].type.count)
-        everything = ir.Constant(joined, list(range(joined.count)))
-        pieces = [builder.shuffle_vector(x, y, everything) for x, y in zip(pieces[::2], pieces[1::2])]
-    return pieces[0]
-
-
-def _vpdpbusd(builder: ir.IRBuilder, acc: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:
-    lanes = acc.type.count
-    as_bytes = ir.VectorType(I8, 4 * lanes)
-    name = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"
-    function = declare(builder.module, name, acc.type, acc.type, as_bytes, as_bytes)
-    return builder.call(function, [acc, builder.bitcast(a, as_bytes), builder.bitcast(b, as_bytes)])
-
-
-def _dot4_arithmetic(builder: ir.IRBuilder, acc: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:
-    """The portable form: each byte extracted, widened (u8 zero-, s8 sign-extended) and multiplied;
-    each product is below 2^15 in magnitude, the sums wrap in i32 as the instruction's do."""
-    for q in range(4):
-        a_byte, b_byte = (
-            builder.trunc(builder.lshr(x, const_like(x, I32, 8 * q)) if q else x, like(x, I8)) for x in (a, b)
-        )
-        product = builder.mul(builder.zext(a_byte, like(a, I32)), builder.sext(b_byte, like(b, I32)))
-        acc = builder.add(acc, product)
-    return acc
+    if use_vnni():
+        return dot4.vpdpbusd(builder, acc, a, b, widest=16 if host_has_vnni() else 8)
+    if use_vpmaddwd():
+        return dot4.vpmaddwd(builder, acc, a, b)
+    return dot4.arithmetic(builder, acc, a, b)
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,22 @@ def _gather_elements(element: Element, node: Node, index: Sequence[Expr]) -> Exp
     return element(x, source)
 
 
+def _unpack_bytes(element: Element, node: Node, index: Sequence[Expr]) -> Expr:
+    """Byte k % 4 of the word holding (k, n) (`ir.ops.quantization.unpack_bytes`), by i64 arithmetic
+    (the kernel IR has no shifts): the word as unsigned, divided by 256^(k % 4), truncated to a byte.
+    Only readers other than the int8 GEMM (which loads the words whole) come here."""
+    (words,) = node.inputs
+    width = words.type.shape[2]
+    k, n = index
+    word = element(words, [n // width if width > 1 else n, k // 4, n % width if width > 1 else i64(0)]).cast(DType.i64)
+    unsigned = Select(word.lt(i64(0)), word + i64(1 << 32), word)
+    q = k % 4
+    place = Select(
+        q.eq(i64(0)), i64(1), Select(q.eq(i64(1)), i64(1 << 8), Select(q.eq(i64(2)), i64(1 << 16), i64(1 << 24)))
+    )
+    return ((unsigned // place) % i64(256)).cast(node.outputs[0].type.dtype)
+
+
 INDEXING: dict[str, Callable[[Element, Node, Sequence[Expr]], Expr]] = {
     "reshape": _same_order,
     "flatten": _same_order,
@@ -154,6 +170,7 @@ INDEXING: dict[str, Callable[[Element, Node, Sequence[Expr]], Expr]] = {
     "concat": _concat,
     "gather": _gather,
     "gather_elements": _gather_elements,
+    "unpack_bytes": _unpack_bytes,
 }
 
 

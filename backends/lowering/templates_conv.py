@@ -16,7 +16,9 @@ panel's window origins (filled once per panel, so the vector lanes need no divis
 guard per tap. The panel then feeds MR x NR tiles exactly as a matmul's packed B does; the result
 is written NCHW, contiguous along the pixels, through `lowering.store`, so the group's epilogue
 (bias, folded batch norm, relu/hardswish, residual add) is applied at write-back. A 1x1 stride-1
-unpadded convolution packs with contiguous vector loads (its B is x itself).
+unpadded convolution packs with contiguous vector loads (its B is x itself). `implicit_gemm` gives
+these pieces (shape, weight offsets, the gather, the write) apart, for the int8 convolution
+(`templates_quant_conv`) to run its own tile on.
 
 Why this and not a direct convolution on NCHW[16]c: both run on the same 6 x 64 accumulator
 tile, but a blocked layout needs layout conversions at the edges of every conv region (the
@@ -51,10 +53,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from backends.lowering.expr import const, i64, unflatten
 from backends.lowering.group import GroupLowering, compute_dtype
-from backends.lowering.templates_gemm import VECTOR_LANES_MULTIPLE, Contraction, GemmShape, contraction_loops
+from backends.lowering.templates_gemm import (
+    VECTOR_LANES_MULTIPLE,
+    Contraction,
+    GemmShape,
+    PackB,
+    Write,
+    contraction_loops,
+)
 from ir import DType, Node
 from ir.loop import Assign, Binary, Buffer, Expr, For, Load, LoopKind, Ref, Select, Stmt, Store
 from ir.ops.contraction import SpatialParams, spatial_params
@@ -160,9 +170,32 @@ def _transpose_source(node: Node, sizes: Sequence[int], out_sizes: Sequence[int]
 # -- implicit GEMM -------------------------------------------------------------------------------
 
 
-def _implicit_gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
-    """conv and conv_transpose as one GEMM per (image, group): see the module doc."""
-    x, w, *bias = node.inputs
+ElementAt = Callable[[Sequence[Expr]], Expr]
+"""An element of x at an index, in the panel's dtype."""
+
+
+@dataclass(frozen=True)
+class ImplicitGemm:
+    """A conv or conv_transpose as the pieces of a GEMM per (image, group) (the module doc): what the
+    f32 template hands `contraction_loops`, and what the int8 convolution (`templates_quant_conv`)
+    builds its own panels and tiles from."""
+
+    shape: GemmShape
+    batch_shape: tuple[int, int]
+    """(images, groups)."""
+    weight_offset: Callable[[Sequence[Expr], Expr, Expr], Expr]
+    """(batch index, row i, depth k) -> the flat offset in w of A(i, k)."""
+    write: Write
+    pack: PackB
+    """Gathers B's panel: panel[k * cols + jj] = x's element at tap k of pixel j0 + jj (`x_at`), or
+    the padding value where the tap falls outside x."""
+
+
+def implicit_gemm(lowering: GroupLowering, node: Node, x_at: ElementAt, padding: Expr, dtype: DType) -> ImplicitGemm:
+    """The implicit GEMM of `node` (conv, conv_transpose or conv_integer, whose bias input is absent),
+    reading x through `x_at` and accumulating in `dtype`."""
+    x, w = node.inputs[:2]
+    bias = node.inputs[2:3] if node.op in ("conv", "conv_transpose") else []
     (y,) = node.outputs
     transposed = node.op == "conv_transpose"
     groups = node.attrs["groups"]
@@ -172,23 +205,20 @@ def _implicit_gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
     per_group_in = w.type.shape[0] // groups if transposed else w.type.shape[1]
     taps, pixels = math.prod(kernel), math.prod(out_sizes)
     depth = per_group_in * taps
-    dtype = compute_dtype(y.type.dtype)
     params = window_params(node, len(kernel))
     source = (_transpose_source if transposed else _conv_source)(node, sizes, out_sizes, kernel)
 
     def channel_out(g: Expr, i: Expr) -> Expr:
         return i if groups == 1 else scaled(g, per_group_out) + i
 
-    def a(index: Sequence[Expr], i: Expr, k: Expr) -> Expr:
+    def weight_offset(index: Sequence[Expr], i: Expr, k: Expr) -> Expr:
         _, g = index
         if transposed:  # w[c, i, tap] with k = (c within the group, tap)
             c = k // taps if taps > 1 else k
             c = scaled(g, per_group_in) + c if groups > 1 else c
             offset = scaled(c, per_group_out) + i
-            offset = offset * taps + k % taps if taps > 1 else offset
-        else:
-            offset = scaled(channel_out(g, i), depth) + k
-        return lowering.compute(w, unflatten(offset, w.type.shape))
+            return offset * taps + k % taps if taps > 1 else offset
+        return scaled(channel_out(g, i), depth) + k
 
     def write(index: Sequence[Expr], i: Expr, j: Expr, acc: Expr) -> list[Stmt]:
         n, g = index
@@ -215,7 +245,7 @@ def _implicit_gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
         kind = LoopKind.VECTORIZED if cols % VECTOR_LANES_MULTIPLE == 0 else LoopKind.SERIAL
         if pointwise:  # B is x: row c of the image, contiguous along the pixels
             flat = scaled(scaled(n, x.type.shape[1]) + channel, pixels) + j0 + Ref(lane)
-            element = lowering.compute(x, unflatten(flat, x.type.shape))
+            element = x_at(unflatten(flat, x.type.shape))
             copy = For(lane, cols, (Store(panel, Ref(c) * cols + Ref(lane), element),), kind)
             return [For(c, per_group_in, (copy,))]
         tables, fill = _origin_tables(lowering, node, out_sizes, params, j0, cols, transposed)
@@ -229,14 +259,26 @@ def _implicit_gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
                     zip(tap_index, params.dilations, params.pads_begin)))  # fmt: skip
                 at = unflatten(scaled(scaled(n, x.type.shape[1]) + channel, math.prod(sizes)) + j0 + Ref(lane) + shift,
                                x.type.shape)  # fmt: skip
-            element = guarded(lowering.compute(x, at), inside, const(0, dtype))
+            element = guarded(x_at(at), inside, padding)
             k = Ref(c) * taps + _flat(tap_index, kernel) if taps > 1 else Ref(c)
             return [For(lane, cols, (Store(panel, k * cols + Ref(lane), element),), kind)]
 
         return [*fill, For(c, per_group_in, tuple(lowering.loops(kernel, tap)))]
 
     shape = GemmShape(batch * groups, per_group_out, pixels, depth, dtype)
-    problem = Contraction(shape, (batch, groups), a, lambda *_: const(0, dtype), write, pack)
+    return ImplicitGemm(shape, (batch, groups), weight_offset, write, pack)
+
+
+def _implicit_gemm(lowering: GroupLowering, node: Node) -> list[Stmt]:
+    """conv and conv_transpose as one GEMM per (image, group): see the module doc."""
+    x, w = node.inputs[:2]
+    dtype = compute_dtype(node.outputs[0].type.dtype)
+    parts = implicit_gemm(lowering, node, lambda at: lowering.compute(x, at), const(0, dtype), dtype)
+
+    def a(index: Sequence[Expr], i: Expr, k: Expr) -> Expr:
+        return lowering.compute(w, unflatten(parts.weight_offset(index, i, k), w.type.shape))
+
+    problem = Contraction(parts.shape, parts.batch_shape, a, lambda *_: const(0, dtype), parts.write, parts.pack)
     return contraction_loops(lowering, problem)
 
 

@@ -459,3 +459,45 @@ def _matmul_integer(d: Drawing, op: OpDef):
             array = d.rng.integers(info.min, info.max + 1, shape).astype(operand.type.dtype.numpy)
             inputs.append(d.array_constant(array, "zero_point"))
     return inputs, {}
+
+
+@sampler("conv_integer")
+def _conv_integer(d: Drawing, op: OpDef):
+    """x: a drawn i8/u8 value of rank 3-4 (a quantize_linear of a conv input) or a constant; w: i8 or u8;
+    zero points (sometimes): x's per tensor, w's per tensor or per output channel."""
+    built = [v for v in reversed(d.pool) if v.type.dtype in _QUANTIZED and v.type.rank in (3, 4)]
+    floats = [v for v in reversed(d.pool) if v.type.dtype in FLOAT_DTYPES and v.type.rank in (3, 4)]
+    if built and d.boolean():
+        x = d.choice(built)
+    elif floats and d.boolean():  # a float activation quantized here, as passes.quantize does
+        source = d.choice(floats)
+        scale = d.array_constant(np.array(d.rng.uniform(0.01, 0.5), source.type.dtype.numpy), "scale")
+        x = d.builder.quantize_linear(source, scale, d.array_constant(np.array(0, d.choice(_QUANTIZED).numpy), "zp"))
+    else:
+        x = _quantized_operand(d, d.spatial_shape(), "x")
+    if x.type.rank not in (3, 4):
+        raise Skip
+    channels, spatial = x.type.shape[1], x.type.shape[2:]
+    groups = d.choice([g for g in range(1, channels + 1) if channels % g == 0])
+    windows = _windows(d, spatial)
+    out_channels = groups * d.integer(1, 2)
+    w_dtype = d.choice(_QUANTIZED)
+    info = np.iinfo(w_dtype.numpy)
+    w_shape = (out_channels, channels // groups, *windows.pop("kernel"))
+    inputs = [x, d.array_constant(d.rng.integers(info.min, info.max + 1, w_shape).astype(w_dtype.numpy), "w")]
+    if d.boolean():
+        for operand, shape in ((x, ()), (inputs[1], d.choice([(), (out_channels, *(1,) * (x.type.rank - 1))]))):
+            info = np.iinfo(operand.type.dtype.numpy)
+            array = d.rng.integers(info.min, info.max + 1, shape).astype(operand.type.dtype.numpy)
+            inputs.append(d.array_constant(array, "zero_point"))
+    return inputs, {**windows, "groups": groups}
+
+
+@sampler("unpack_bytes")
+def _unpack_bytes(d: Drawing, op: OpDef):
+    """Words of random bits holding a [K, N] byte matrix in panels of W columns."""
+    depth, columns = d.integer(1, 2 * d.max_dim), d.integer(1, 2 * d.max_dim)
+    width = d.integer(1, columns)
+    shape = (-(-columns // width), -(-depth // 4), width)
+    words = d.rng.integers(-(2**31), 2**31, shape, dtype=np.int64).astype(np.int32)
+    return [d.array_constant(words, "words")], {"dtype": d.choice(_QUANTIZED), "shape": [depth, columns]}

@@ -33,9 +33,10 @@ MAX_ELEMENTS = 2048
 
 _INPUT_NAMES = ("x", "y", "z")
 
-QUANTIZING_OPS = frozenset({"quantize_linear"})
+QUANTIZING_OPS = frozenset({"quantize_linear", "unpack_bytes"})
 """Ops whose results (i8, u8) are drawn whatever `dtypes` says, so that every graph may hold a
-quantization: only `dequantize_linear` and `matmul_integer` read such values (`ir.testing.operands`)."""
+quantization: only `dequantize_linear`, `matmul_integer` and `conv_integer` read such values
+(`ir.testing.operands`)."""
 
 
 def drawable_ops() -> list[str]:
