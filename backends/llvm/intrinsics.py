@@ -4,7 +4,8 @@ guarded integer division, math functions, bf16 rounding).
 
 `backends.llvm.codegen` walks the kernel IR and calls these; everything here is one scalar
 operation on an `ir.IRBuilder`, bit-exact with `ir.loop.interpreter` except the math functions
-of libm, which may differ from numpy's in the last ulps.
+of libm and the f32 exp, tanh and erf of `backends.llvm.math_f32`, which may differ from numpy's
+in the last ulps.
 
 Representations (memory / register):
 - f64, f32: double / double, float / float;
@@ -18,8 +19,6 @@ Representations (memory / register):
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 from llvmlite import ir
@@ -155,6 +154,31 @@ def _f64_to_f32_round_to_odd(builder: ir.IRBuilder, value: ir.Value) -> ir.Value
     return builder.bitcast(builder.select(inexact, odd, bits), like(value, F32))
 
 
+def _int_to_f64_round_to_odd(builder: ir.IRBuilder, value: ir.Value, source: DType) -> ir.Value:
+    """The integer `value` as an f64, rounded to odd: exact up to 53 bits; wider magnitudes keep
+    their top 53 bits with the lowest set when anything below was dropped, so a later
+    round-to-nearest to a narrower format rounds once, as a direct conversion would."""
+    convert = builder.sitofp if source.is_signed else builder.uitofp
+    if REGISTER_TYPES[source].width < 64:
+        return convert(value, like(value, F64))
+    zero = const_like(value, I64, 0)
+    negative = builder.icmp_signed("<", value, zero) if source.is_signed else None
+    magnitude = builder.select(negative, builder.sub(zero, value), value) if negative is not None else value
+    count_zeros = declare(
+        builder.module, f"llvm.ctlz.{type_suffix(magnitude.type)}", magnitude.type, magnitude.type, I1
+    )
+    leading = builder.call(count_zeros, [magnitude, ir.Constant(I1, 0)])
+    spare = const_like(value, I64, 64 - 53)
+    dropped = builder.select(builder.icmp_unsigned("<", leading, spare), builder.sub(spare, leading), zero)
+    kept_mask = builder.shl(const_like(value, I64, -1), dropped)
+    lost = builder.and_(magnitude, builder.not_(kept_mask))
+    sticky = builder.select(
+        builder.icmp_unsigned("!=", lost, zero), builder.shl(const_like(value, I64, 1), dropped), zero
+    )
+    as_f64 = builder.uitofp(builder.or_(builder.and_(magnitude, kept_mask), sticky), like(value, F64))  # exact
+    return builder.select(negative, builder.fneg(as_f64), as_f64) if negative is not None else as_f64
+
+
 # -- casts -------------------------------------------------------------------------------------
 
 
@@ -172,17 +196,20 @@ def cast(builder: ir.IRBuilder, value: ir.Value, source: DType, target: DType) -
     if source.is_float:
         if source == DType.f16:
             value = builder.fpext(value, like(value, F32))
+        if REGISTER_TYPES[target].width <= 16:
+            return _float_to_small_int(builder, value, target)
         name = "fptosi.sat" if target.is_signed else "fptoui.sat"
         kind = like(value, REGISTER_TYPES[target])
         symbol = f"llvm.{name}.{type_suffix(kind)}.{type_suffix(value.type)}"
         function = declare(builder.module, symbol, kind, value.type)
         return builder.call(function, [value])
-    if target.is_float:
-        # Numbers that round differently in f32 and f16 overflow f16 anyway; ml_dtypes converts
-        # integers to bf16 through f32, so rounding twice here matches it.
+    if target == DType.bf16:  # rounded once, as ml_dtypes (>= 0.7) converts
+        return round_to_bf16(
+            builder, _f64_to_f32_round_to_odd(builder, _int_to_f64_round_to_odd(builder, value, source))
+        )
+    if target.is_float:  # numbers that round differently in f32 and f16 overflow f16 anyway
         convert = builder.sitofp if source.is_signed else builder.uitofp
-        result = convert(value, like(value, REGISTER_TYPES[target]))
-        return round_to_bf16(builder, result) if target == DType.bf16 else result
+        return convert(value, like(value, REGISTER_TYPES[target]))
     source_bits, target_bits = REGISTER_TYPES[source].width, REGISTER_TYPES[target].width
     if target_bits < source_bits:
         return builder.trunc(value, like(value, REGISTER_TYPES[target]))
@@ -192,10 +219,26 @@ def cast(builder: ir.IRBuilder, value: ir.Value, source: DType, target: DType) -
     return value  # i8 <-> u8: the same bits
 
 
+def _float_to_small_int(builder: ir.IRBuilder, value: ir.Value, target: DType) -> ir.Value:
+    """fptosi.sat into an integer of at most 16 bits, spelled as clamp, fptosi to i32 and trunc with
+    nan -> 0 (the same values): LLVM 22 scalarizes vector `fptosi.sat` on x86 with a branch per lane
+    (quantize_linear ran at ~3.6 ns an element), while this stays four vector instructions. The
+    bounds are exact in every float type, so the clamp changes no in-range value."""
+    info = np.iinfo(target.numpy)
+    low, high = (const_like(value, value.type if not isinstance(value.type, ir.VectorType) else value.type.element,
+                            float(bound)) for bound in (info.min, info.max))  # fmt: skip
+    clamped = builder.select(builder.fcmp_ordered("<", value, low), low, value)
+    clamped = builder.select(builder.fcmp_ordered(">", clamped, high), high, clamped)
+    whole = builder.fptosi(clamped, like(value, ir.IntType(32)))  # nan's lane is poison: replaced below
+    ordered = builder.fcmp_ordered("ord", value, value)
+    whole = builder.select(ordered, whole, const_like(value, ir.IntType(32), 0))
+    return builder.trunc(whole, like(value, REGISTER_TYPES[target]))
+
+
 def _float_to_float(builder: ir.IRBuilder, value: ir.Value, source: DType, target: DType) -> ir.Value:
-    if target == DType.bf16:  # via f32, as ml_dtypes converts (also from f64: rounded twice)
-        as_f32 = value if source == DType.bf16 else _float_to_float(builder, value, source, DType.f32)
-        return round_to_bf16(builder, as_f32)
+    if target == DType.bf16:  # rounded once, as ml_dtypes (>= 0.7) converts: from f64 through round-to-odd
+        as_f32 = _f64_to_f32_round_to_odd(builder, value) if source == DType.f64 else value
+        return round_to_bf16(builder, builder.fpext(as_f32, like(value, F32)) if source == DType.f16 else as_f32)
     if source == DType.f64 and target == DType.f16:
         return builder.fptrunc(_f64_to_f32_round_to_odd(builder, value), like(value, F16))
     if source == DType.bf16 and target == DType.f16:  # ml_dtypes turns a NaN into the quiet NaN of its sign
@@ -296,10 +339,8 @@ EXACT_MATH = frozenset({"floor", "ceil", "round", "abs"})
 
 def math_function(builder: ir.IRBuilder, name: str, args: list[ir.Value], dtype: DType) -> ir.Value:
     """The float function `name` of `args` in `dtype`. f16 and bf16 compute in f32 and round, as
-    numpy does; erf computes in f64 and rounds, as the interpreter (Python's math.erf) does."""
-    if name == "erf":
-        wide = [cast(builder, a, dtype, DType.f64) for a in args]
-        return cast(builder, _call_math(builder, name, wide), DType.f64, dtype)
+    numpy does (erf too: the interpreter's math.erf is f64, rounded once; ours is within 2 ulps of
+    it in f32, so within about one ulp of it in f16 and bf16)."""
     if dtype == DType.f16 and name not in EXACT_MATH:
         wide = [builder.fpext(a, like(a, F32)) for a in args]
         return builder.fptrunc(_call_math(builder, name, wide), like(args[0], F16))
@@ -308,10 +349,12 @@ def math_function(builder: ir.IRBuilder, name: str, args: list[ir.Value], dtype:
 
 
 def _call_math(builder: ir.IRBuilder, name: str, args: list[ir.Value]) -> ir.Value:
+    from backends.llvm.math_f32 import F32_MATH  # here: that module builds on this one
+
     kind = args[0].type
     element = kind.element if isinstance(kind, ir.VectorType) else kind
-    if element == F32 and name in _OWN_F32_MATH:  # the same instructions for lanes and scalars
-        return _OWN_F32_MATH[name](builder, args[0])
+    if element == F32 and name in F32_MATH:  # the same instructions for lanes and scalars
+        return F32_MATH[name](builder, args[0])
     if name in _LLVM_MATH:  # on vectors LLVM calls libm per lane where the target has no instruction
         return call_intrinsic(builder, _LLVM_MATH[name], *args)
     symbol = name if element == F64 else f"{name}f"  # libm: tanh(double), tanhf(float)
@@ -325,83 +368,3 @@ def _call_math(builder: ir.IRBuilder, name: str, args: list[ir.Value]) -> ir.Val
         scalar = builder.call(function, [builder.extract_element(a, at) for a in args])
         result = builder.insert_element(result, scalar, at)
     return result
-
-
-# -- f32 exp and tanh in LLVM IR -----------------------------------------------------------------
-# libm's expf is a call per element, which stops a vectorized loop cold; these are straight-line
-# code that works on scalars and vectors alike, so the lanes of a vectorized loop and its scalar
-# remainder compute the same bits. Both stay within 2 ulps of the exact result over the whole
-# f32 range (tests/backends/llvm/test_vectorize.py measures it).
-
-_LOG2E = float(np.float32(1.4426950408889634))
-_LN2_HI = float(np.float32(0.6931471805599453))
-_LN2_LO = float(np.float32(0.6931471805599453 - _LN2_HI))
-_EXP_POLY = (0.49999985098838806, 0.1666650027036667, 0.04166988283395767, 0.00837108213454485,
-             0.0013743576128035784)  # fmt: skip
-"""(exp(r) - 1 - r) / r**2 for |r| <= ln2/2, least-squares fitted in f64 and rounded to f32
-(relative error of 1 + r + r**2 * p(r) below 0.05 ulp)."""
-_EXP_RANGE = (-104.0, 89.0)
-"""exp is 0 below and inf above (in f32); clamping there keeps 2**n finite in the scaling."""
-_TANH_POLY = (-0.3333333134651184, 0.13333286345005035, -0.05396066978573799, 0.021810639649629593,
-              -0.008614767342805862, 0.0029951983597129583, -0.0006467471248470247)  # fmt: skip
-"""(tanh(x) - x) / x**3 as a polynomial in x**2 for |x| <= 0.75, fitted like `_EXP_POLY`."""
-_TANH_SMALL = 0.75
-
-
-def _fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
-    return call_intrinsic(builder, "fma", a, b, c)
-
-
-def _horner(builder: ir.IRBuilder, x: ir.Value, coefficients: Sequence[float]) -> ir.Value:
-    """c0 + x * (c1 + x * (...)), one fma per coefficient."""
-    result = const_like(x, F32, coefficients[-1])
-    for c in reversed(coefficients[:-1]):
-        result = _fma(builder, result, x, const_like(x, F32, c))
-    return result
-
-
-def exp_f32(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    """e**x for f32 (or a vector of f32): x = n*ln2 + r with |r| <= ln2/2 (Cody-Waite: the first
-    fma is exact), exp(r) by a polynomial, then times 2**n in two steps so that subnormal
-    results round once and 2**n never overflows on its own. NaN in, NaN out."""
-
-    def f(value: float) -> ir.Constant:
-        return const_like(x, F32, value)
-
-    def i(value: int) -> ir.Constant:
-        return const_like(x, I32, value)
-
-    low, high = _EXP_RANGE
-    ordered = builder.fcmp_ordered("ord", x, x)
-    clamped = builder.select(builder.fcmp_ordered(">", x, f(high)), f(high), x)
-    clamped = builder.select(builder.fcmp_ordered("<", clamped, f(low)), f(low), clamped)
-    clamped = builder.select(ordered, clamped, f(0.0))  # NaN converts to no integer: computed as 0, replaced last
-    n = call_intrinsic(builder, "roundeven", builder.fmul(clamped, f(_LOG2E)))
-    r = _fma(builder, n, f(-_LN2_HI), clamped)
-    r = _fma(builder, n, f(-_LN2_LO), r)
-    r_squared_p = builder.fmul(builder.fmul(r, r), _horner(builder, r, _EXP_POLY))
-    poly = builder.fadd(f(1.0), builder.fadd(r, r_squared_p))
-    k = builder.fptosi(n, like(x, I32))  # -150..129
-    k_half = builder.ashr(k, i(1))
-    scales = [
-        builder.bitcast(builder.shl(builder.add(e, i(127)), i(23)), x.type) for e in (k_half, builder.sub(k, k_half))
-    ]
-    result = builder.fmul(builder.fmul(poly, scales[0]), scales[1])
-    return builder.select(ordered, result, builder.fadd(x, x))
-
-
-def tanh_f32(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    """tanh for f32: an odd polynomial near 0, 1 - 2 / (e**2|x| + 1) beyond (with the sign of x),
-    which saturates to 1 where e**2|x| overflows. NaN in, NaN out."""
-    magnitude = call_intrinsic(builder, "fabs", x)
-    square = builder.fmul(x, x)
-    small = builder.fadd(x, builder.fmul(builder.fmul(x, square), _horner(builder, square, _TANH_POLY)))
-    grown = exp_f32(builder, builder.fadd(magnitude, magnitude))
-    one = const_like(x, F32, 1.0)
-    large = builder.fsub(one, builder.fdiv(const_like(x, F32, 2.0), builder.fadd(grown, one)))
-    large = call_intrinsic(builder, "copysign", large, x)
-    use_small = builder.fcmp_unordered("ult", magnitude, const_like(x, F32, _TANH_SMALL))  # NaN: small path
-    return builder.select(use_small, small, large)
-
-
-_OWN_F32_MATH = {"exp": exp_f32, "tanh": tanh_f32}

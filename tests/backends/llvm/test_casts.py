@@ -1,5 +1,6 @@
 """Casts between every pair of dtypes give the interpreter's bits (numpy's and ml_dtypes'
-conversions): rounding to nearest even into f16 and bf16 (from f64 too), NaN kept, bool as
+conversions): rounding to nearest even into f16 and bf16 once (from f64 and wide integers too,
+where a value just above a tie must not round as the tie), NaN kept, bool as
 `!= 0`, float to integer truncating, integers wrapping."""
 
 import ml_dtypes
@@ -17,7 +18,26 @@ TRUNCATED = {  # values whose truncation fits every integer target of that signe
     False: [0.0, -0.0, 0.7, -0.7, 1.5, 99.99, 127.9, 200.5, 255.0, 254.99],
 }
 INTEGER_VALUES = {
-    DType.i64: [0, 1, -1, 127, -128, 255, 256, 65504, 65520, 2**24 + 1, 2**25 + 2**17 + 1, -(2**63), 2**63 - 1],
+    DType.i64: [
+        0,
+        1,
+        -1,
+        127,
+        -128,
+        255,
+        256,
+        65504,
+        65520,
+        2**24 + 1,
+        2**25 + 2**17 + 1,
+        -(2**63),
+        2**63 - 1,
+        2**60 + 2**52 + 1,
+        -(2**60 + 2**52 + 1),
+        2**60 + 2**52,
+        2**53 + 2**45 + 1,
+        2**62 + 2**54,
+    ],
     DType.i32: [0, 1, -1, 127, -128, 255, 256, 65504, 65520, 2**24 + 1, 2**25 + 2**17 + 1, -(2**31), 2**31 - 1],
     DType.i8: [0, 1, -1, 127, -128, 100, -100, 64],
     DType.u8: [0, 1, 127, 128, 200, 255],

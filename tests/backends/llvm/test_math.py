@@ -2,7 +2,8 @@
 implementations and Python's math.erf). libm and numpy may round differently in the last
 place, so these compare in ulps: at most `TOLERANCE_ULPS` for f32 and f64 (both are within ~2
 ulps of the exact value), one ulp for f16 and bf16 (a correctly rounded f32 value rounds to the
-same narrow value except next to a tie); erf computes in f64 like the interpreter and is exact.
+same narrow value except next to a tie); f64 erf is libm's and exact, the others are Kiln's own
+f32 erf (its accuracy is tests/backends/llvm/test_math_f32.py's).
 NaNs must appear in the same places."""
 
 import numpy as np
@@ -51,7 +52,7 @@ def test_math_functions_match_the_interpreter_within_ulps(math_module, dtype):
     interpreted, compiled = run_both(module, kernel, [x, y, *outputs])
     for buffer, expected, actual in zip(kernel.params[2:], interpreted[2:], compiled[2:]):
         distance = ulp_distance(actual, expected)
-        limit = 0 if buffer.name == "out_erf" else TOLERANCE_ULPS[dtype]
+        limit = 0 if buffer.name == "out_erf" and dtype == DType.f64 else TOLERANCE_ULPS[dtype]
         worst = int(np.argmax(distance))
         assert distance.max() <= limit, (
             f"{dtype} {buffer.name}: {distance.max()} ulps at x={x[worst]}, y={y[worst]}: "
