@@ -6,13 +6,19 @@
     irdump model.onnx -O2 --print-after-all    # the IR after every pass of the default pipeline
     irdump model.onnx --passes canonicalize,fold_constants --print-after fold_constants
     irdump model.onnx --target cpu --emit loop     # each kernel in kernel IR (also: llvm, asm)
+    irdump model.onnx -O2 --precision int8-static --observer entropy   # + the quantization report
     irdump model.onnx --target cuda --emit cuda    # each kernel's CUDA C (also: loop, ptx), with
                                                    # ptxas's registers, shared memory and spills
+    irdump model.onnx -O2 --target cuda --emulate race [--kernel K]
+                                  # each kernel (or K) run in the CUDA emulator on random inputs:
+                                  # OK, or the race / bounds / deadlock with its source lines, and
+                                  # the largest error against the interpreter (compiler/emulate.py)
 
 After the final IR come one summary line per pass (nodes before -> after, kernels, FLOPs,
 bytes moved, time) and a summary of the final graph, all as `#` comments so that the output
-of a .kiln input still parses. Exit status: 0 when all went well, 1 when the model is invalid
-or a pass failed (the error on stderr), 2 for a bad command line or an unreadable file.
+of a .kiln input still parses. Exit status: 0 when all went well, 1 when the model is invalid,
+a pass failed (the error on stderr) or an emulated kernel failed or missed the interpreter, 2 for
+a bad command line or an unreadable file.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from typing import Any
 
 from compiler.errors import KilnError
 from compiler.frontends import import_model
+from compiler.irdump_quant import INT8_PRECISIONS, report_lines, with_report
 from ir import Graph, print_graph, verify
 from ir.summary import summarize
 from passes import PassManager, parse_pipeline
 from passes.instruments import PassStatistics, PrintAfter
+from passes.observers import OBSERVERS
 from passes.pipelines import default_pipeline
 
 
@@ -39,7 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     passes.add_argument("--passes", metavar="PIPELINE", help="passes to run, e.g. canonicalize,fold_constants")
     passes.add_argument("-O", dest="opt_level", type=int, choices=range(4), help="run the default pipeline at -O0..-O3")
     parser.add_argument("--target", default="reference", help="the target whose pipeline -O runs (default: reference)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="for -O pipelines")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16", *INT8_PRECISIONS),
+        help="for -O pipelines; int8 ones print the quantization report (on random inputs)",
+    )
+    parser.add_argument(
+        "--observer", default="minmax", choices=OBSERVERS, help="with --precision int8-static: the range observer"
+    )
+    parser.add_argument(
+        "--calibration-sets", type=int, default=4, metavar="N", help="int8: random input sets to calibrate/measure on"
+    )
     parser.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
     parser.add_argument("--print-after", action="append", default=[], metavar="PASS", help="print the IR after PASS")
     parser.add_argument("--summary-only", action="store_true", help="print the summaries, not the final IR")
@@ -55,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="SM",
         help="with --target cuda: an architecture to compile for (repeatable; default sm_80 and sm_90; PTX: the last)",
+    )
+    parser.add_argument(
+        "--emulate",
+        nargs="?",
+        const="plain",
+        choices=("plain", "race", "bounds"),
+        help="with --target cuda: run each kernel in the CUDA emulator (default mode plain; race: ThreadSanitizer, "
+        "bounds: AddressSanitizer) on random inputs and compare it with the interpreter",
+    )
+    parser.add_argument(
+        "--kernel", action="append", metavar="NAME", help="with --emulate: only this kernel (repeatable)"
     )
     parser.add_argument(
         "--max-constant-elements",
@@ -151,6 +181,34 @@ def _emit_cuda(form: str) -> Any:
     return emit_cuda
 
 
+def _emulate(graph: Graph, args: argparse.Namespace) -> int:
+    """`--emulate`: one line per kernel, the emulator's report under a failed one; 1 when any failed."""
+    if args.target != "cuda" or args.emit:
+        print("irdump: --emulate needs --target cuda (and no --emit)", file=sys.stderr)
+        return 2
+    from backends.cuda.program import build_cuda_program
+    from compiler.emulate import check_kernels
+
+    if not any(node.op == "fused" for node in graph.nodes):
+        graph = PassManager(parse_pipeline("fuse")).run(graph)
+    try:
+        program, _ = build_cuda_program(graph, args.arch)
+        checks = check_kernels(graph, program, args.emulate, args.kernel)
+    except ValueError as error:  # an unknown --kernel
+        print(f"irdump: {error}", file=sys.stderr)
+        return 2
+    except KilnError as error:  # NVRTC or g++ missing or rejecting the module
+        print(f"irdump: {args.model}: {error}", file=sys.stderr)
+        return 1
+    for check in checks:
+        error = "-" if check.max_error is None else f"{check.max_error:.3g}"
+        print(f"# emulate ({args.emulate}) {check.kernel}: {check.status}, max error {error} vs the interpreter, "
+              f"{check.seconds:.2f} s")  # fmt: skip
+        if check.message:
+            print("\n".join(f"#   {line}" for line in check.message.splitlines()))
+    return 0 if all(check.status == "OK" for check in checks) else 1
+
+
 EMITTERS: dict[str, dict[str, Any]] = {
     "cpu": {form: _emit_cpu(form) for form in ("loop", "llvm", "asm")},
     "cuda": {form: _emit_cuda(form) for form in ("loop", "cuda", "ptx")},
@@ -181,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"irdump: {error}", file=sys.stderr)
         return 2
+    steps, reports = with_report(steps, graph, args.calibration_sets, args.observer)
     statistics = PassStatistics()
     instruments = [statistics]
     if args.print_after_all or args.print_after:
@@ -192,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         notes = "".join(f"\n  ({note})" for note in getattr(error, "__notes__", []))
         print(f"irdump: {args.model}: {error}{notes}", file=sys.stderr)
         return 1
+    if args.emulate:
+        return _emulate(graph, args)
     if args.emit:
         forms = EMITTERS.get(args.target, {})
         if args.emit not in forms:
@@ -211,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     for record in statistics.records:
         print(f"# {record}")
     print(f"# {summarize(graph)}")
+    print(*report_lines(reports, args.calibration_sets), sep="\n", end="\n" if reports else "")
     return 0
 
 

@@ -1,5 +1,6 @@
 """`irdump FILE.kiln`: verifies and prints a text-form graph with a summary."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,69 @@ def test_emit_prints_each_kernel_as_kernel_ir_llvm_and_assembly(capsys):
     assert "k0_fused_0" in capsys.readouterr().out
     assert main([str(EXAMPLE), "--emit", "loop"]) == 2
     assert "--emit needs --target cpu" in capsys.readouterr().err
+
+
+# -- --target cuda --emulate: the generated CUDA C run in the emulator ------------------------------
+
+
+def _needs_nvrtc_and_gxx():
+    import pytest
+
+    from backends.cuda import missing_nvrtc
+    from runtime.cuda_emulator import emulator_unavailable
+
+    for missing in (missing_nvrtc(), emulator_unavailable()):
+        if missing is not None:
+            pytest.skip(missing)
+
+
+ROWS = """\
+graph @rows(%x: f32[2,4096]) -> (f32[2,4096]) {
+  %0 = softmax(%x) : f32[2,4096]
+  return %0
+}
+"""
+
+
+def test_emulate_runs_every_kernel_and_reports_each_ok_with_its_error(capsys):
+    _needs_nvrtc_and_gxx()
+    assert main([str(EXAMPLE), "-O2", "--target", "cuda", "--emulate"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# emulate")]
+    assert len(lines) >= 2 and all(": OK, max error " in line for line in lines)
+    errors = [float(line.split("max error ")[1].split()[0]) for line in lines]
+    assert max(errors) < 1e-5
+
+
+def test_emulate_race_reports_a_dropped_barrier_with_both_source_lines(tmp_path, capsys, monkeypatch):
+    _needs_nvrtc_and_gxx()
+    import backends.cuda.program
+
+    path = tmp_path / "rows.kiln"
+    path.write_text(ROWS)
+    printed = backends.cuda.program.module_source
+    monkeypatch.setattr(
+        backends.cuda.program, "module_source", lambda kernels: printed(kernels).replace("__syncthreads();", ";", 1)
+    )
+    assert main([str(path), "--target", "cuda", "--emulate", "race"]) == 1
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if line.startswith("# emulate")]
+    assert line.startswith("# emulate (race) k0_fused_0_softmax: RACE, max error -")
+    report = out.split(line)[1]
+    assert "#   data race in kernel k0_fused_0_softmax" in report
+    assert len(re.findall(r"kiln_module\.cu:\d+ `[^`]+`", report.splitlines()[1])) == 2
+
+
+def test_emulate_kernel_runs_only_the_named_kernel_and_rejects_unknown_names(capsys):
+    _needs_nvrtc_and_gxx()
+    assert (
+        main([str(EXAMPLE), "-O2", "--target", "cuda", "--emulate", "bounds", "--kernel", "k0_fused_0_gemm_gelu"]) == 0
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# emulate")]
+    assert len(lines) == 1 and lines[0].startswith("# emulate (bounds) k0_fused_0_gemm_gelu: OK")
+    assert main([str(EXAMPLE), "-O2", "--target", "cuda", "--emulate", "--kernel", "k9_nothing"]) == 2
+    assert "no kernel k9_nothing; the program has k0_fused_0_gemm_gelu" in capsys.readouterr().err
+
+
+def test_emulate_needs_the_cuda_target(capsys):
+    assert main([str(EXAMPLE), "--emulate", "race"]) == 2
+    assert "--emulate needs --target cuda" in capsys.readouterr().err
