@@ -29,7 +29,8 @@ the runtime for the launch.
 (`backends.cuda.templates_gpu_rows`: row reductions with warp shuffles; `templates_gpu`: pointwise;
 `templates_gpu_attention`: fused flash-style attention; `templates_gpu_gemm`: matmul/gemm tiles,
 FMA for f32, tensor cores for f16/bf16; `templates_gpu_conv`: convolutions as implicit GEMMs on
-those tiles) where one fits the group, this generic
+those tiles; `templates_gpu_quant`, `templates_gpu_quant_conv`: int8 GEMMs and convolutions on the
+int8 MMA) where one fits the group, this generic
 schedule of the CPU lowering otherwise.
 """
 
@@ -43,6 +44,7 @@ from backends.cuda.templates_gpu_attention import attention_template
 from backends.cuda.templates_gpu_conv import conv_template
 from backends.cuda.templates_gpu_gemm import gemm_template
 from backends.cuda.templates_gpu_quant import int8_gemm_template
+from backends.cuda.templates_gpu_quant_conv import int8_conv_template
 from backends.cuda.templates_gpu_rows import rows_template
 from backends.lowering.group import lower_group
 from ir import Node, print_graph
@@ -84,6 +86,7 @@ def schedule_group(
     source = print_graph(node.attrs["body"], max_constant_elements=4)
     templated = (
         int8_gemm_template(node, name, source)
+        or int8_conv_template(node, name, source)
         or gemm_template(node, name, source, allow_tf32=allow_tf32)
         or conv_template(node, name, source, allow_tf32=allow_tf32)
         or attention_template(node, name, source, threads_per_row)

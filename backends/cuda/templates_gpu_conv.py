@@ -18,7 +18,8 @@ warp's threads stage and write consecutive pixels: coalesced along NCHW rows. Th
 through the group's epilogue (bias, folded batch norm, activation, residual) as the GEMM's does.
 
 Depthwise convolutions (one input channel per group: K = taps, M = 1 per group, which would waste
-the tile) and 3-D ones keep the generic schedule.
+the tile) and 3-D ones keep the generic schedule. int8 convolutions (`conv_integer`) take the same
+im2col addressing (`conv_contraction`, reading bytes) on the int8 MMA: `templates_gpu_quant_conv`.
 
 Numerics: the GEMM template's (f32: fma in k order, channels outer and taps inner, as on the CPU;
 f16/bf16: exact products accumulated in f32, one rounding at the store).
@@ -27,7 +28,7 @@ f16/bf16: exact products accumulated in f32, one rounding at the store).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from backends.cuda.gemm_block import BlockTile
 from backends.cuda.templates_gpu_gemm import FmaKernel, FmaTiles, choose_fma_tiles
@@ -37,10 +38,13 @@ from backends.lowering.expr import const, i64, unflatten
 from backends.lowering.group import EpilogueMismatch, GroupLowering, compute_dtype, inlinable
 from backends.lowering.templates_conv import guarded, scaled, window, window_params
 from backends.lowering.templates_gemm import Contraction, GemmShape
-from ir import DType, Node
+from ir import DType, Node, Value
 from ir.loop import Expr, Kernel, Stmt
 
 __all__ = ["conv_template"]
+
+Read = Callable[[Value, Sequence[Expr]], Expr]
+"""(value, index) -> the element an operand of the contraction reads."""
 
 SPATIAL_AXES = (1, 2)
 """The convolutions this template takes: 1-D and 2-D."""
@@ -82,10 +86,16 @@ def conv_template(
         return None
 
 
-def conv_contraction(lowering: GroupLowering, node: Node) -> Contraction:
+def conv_contraction(
+    lowering: GroupLowering, node: Node, read: Read | None = None, padding: Expr | None = None
+) -> Contraction:
     """The conv `node` as a batched GEMM over (image, group): A the weight, B the input's
-    im2col matrix addressed on the fly, the result written NCHW (see the module doc)."""
-    x, w, *bias = node.inputs
+    im2col matrix addressed on the fly, the result written NCHW (see the module doc). Operands
+    are read by `read` (default: `lowering.compute`, in the compute dtype; the int8 template reads
+    the stored bytes with `lowering.element`), padding taps as `padding` (default: 0 in the
+    compute dtype). A `conv_integer` node has no bias (its optional inputs are zero points)."""
+    x, w = node.inputs[:2]
+    bias = node.inputs[2:3] if node.op == "conv" else []
     (y,) = node.outputs
     groups = node.attrs["groups"]
     batch, channels, *out_sizes = y.type.shape
@@ -95,13 +105,15 @@ def conv_contraction(lowering: GroupLowering, node: Node) -> Contraction:
     depth = per_group_in * taps
     dtype = compute_dtype(y.type.dtype)
     params = window_params(node, len(kernel))
+    read = read or lowering.compute
+    padding = const(0, dtype) if padding is None else padding
 
     def channel_out(g: Expr, i: Expr) -> Expr:
         return i if groups == 1 else scaled(g, per_group_out) + i
 
     def a(index: Sequence[Expr], i: Expr, k: Expr) -> Expr:
         _, g = index
-        return lowering.compute(w, unflatten(scaled(channel_out(g, i), depth) + k, w.type.shape))
+        return read(w, unflatten(scaled(channel_out(g, i), depth) + k, w.type.shape))
 
     def b(index: Sequence[Expr], k: Expr, j: Expr) -> Expr:
         n, g = index
@@ -110,7 +122,7 @@ def conv_contraction(lowering: GroupLowering, node: Node) -> Contraction:
         tap = list(unflatten(k % taps, kernel)) if taps > 1 else [i64(0)] * len(kernel)
         out = list(unflatten(j, out_sizes))
         positions, inside = window(params, sizes, out, tap, out_sizes, kernel, clamp=False)
-        return guarded(lowering.compute(x, [n, channel, *positions]), inside, const(0, dtype))
+        return guarded(read(x, [n, channel, *positions]), inside, padding)
 
     def write(index: Sequence[Expr], i: Expr, j: Expr, acc: Expr) -> list[Stmt]:
         n, g = index

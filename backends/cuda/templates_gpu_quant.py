@@ -75,9 +75,9 @@ from ir.loop import (
     Var,
 )
 
-__all__ = ["choose_int8_tiles", "int8_gemm_template"]
+__all__ = ["Int8MmaKernel", "choose_int8_tiles", "int8_gemm_template"]
 
-_MMA = {DType.i8: "mma_m16n8k32_s8s8", DType.u8: "mma_m16n8k32_u8s8"}
+MMA_S8 = {DType.i8: "mma_m16n8k32_s8s8", DType.u8: "mma_m16n8k32_u8s8"}
 """The int8 tensor-core `Call` per dtype of A's bytes (B's are i8)."""
 
 
@@ -108,14 +108,23 @@ def int8_gemm_template(
     problem = contraction(lowering, matmul)
     shape = problem.shape
     try:
-        builder = _Int8MmaKernel(lowering, matmul, problem, tiles or choose_int8_tiles(shape.m, shape.n), *operands)
+        builder = Int8MmaKernel(lowering, matmul, problem, tiles or choose_int8_tiles(shape.m, shape.n), *operands)
         return builder.kernel(), builder.template
     except EpilogueMismatch:  # an output reads the product at another element: no thread holds it
         return None
 
 
-class _Int8MmaKernel(BlockTile):
+class Int8MmaKernel(BlockTile):
+    """The int8 MMA tile over a contraction of bytes. A subclass changes where the bytes come from
+    (`a_byte`, `b_byte`) and which way the block's threads walk them while staging (`a_along_k`,
+    `b_along_k`: consecutive words along K where K is contiguous in memory, else consecutive rows):
+    `templates_gpu_quant_conv` reads an im2col matrix and a weight this way."""
+
     template = "gemm.mma_s8"
+    a_along_k = True
+    """A [M, K] of a matmul: K is its contiguous axis."""
+    b_along_k = False
+    """B [K, N] of a matmul: N is."""
 
     def __init__(self, lowering: GroupLowering, node: Node, problem: Contraction, tiles: MmaTiles, a: _Operand,
                  b: _Operand) -> None:  # fmt: skip
@@ -125,13 +134,18 @@ class _Int8MmaKernel(BlockTile):
             raise ValueError(f"int8 MMA tiles need a thread per column of the tile for B's column sums: {tiles}")
         super().__init__(lowering, node, problem, tiles.bm, tiles.bn)
         self.tiles, self.threads, self.a, self.b = tiles, tiles.threads, a, b
-        self.call = _MMA[a.value.type.dtype]
+        self.call = MMA_S8[a.value.type.dtype]
         self.compensate = not is_zero(lowering, a.zero_point)
 
     # -- reading the operands' bytes ----------------------------------------------------------
 
-    def _a_index(self, i: Expr, k: Expr) -> list[Expr]:
-        return [*self.batch_index, i, k]
+    def a_byte(self, i: Expr, k: Expr) -> Expr:
+        """A's byte at row i (of this block's batch) and depth k, in its stored dtype."""
+        return self.lowering.element(self.a.value, [*self.batch_index, i, k])
+
+    def b_byte(self, j: Expr, k: Expr) -> Expr:
+        """B's byte at depth k and column j."""
+        return self.lowering.element(self.b.value, [k, j])
 
     def _word(self, element, inside: Expr | None, k: Expr) -> Expr:
         """Four bytes along K from `k` as one i32 (the first the least significant), each read by
@@ -194,13 +208,11 @@ class _Int8MmaKernel(BlockTile):
             Assign(wn, Ref(warp) % t.warps_n),
             *(Assign(v, i32(0)) for row in acc for frag in row for v in frag),
         ]
-        a_value, b_value = self.a.value, self.b.value
         stage_a = self.stage_words(
-            a_tile, k0, t.bm, ld, self.i0, shape.m,
-            lambda r, k: lowering.element(a_value, self._a_index(Ref(self.i0) + r, k)), True,
-        )  # fmt: skip
+            a_tile, k0, t.bm, ld, self.i0, shape.m, lambda r, k: self.a_byte(Ref(self.i0) + r, k), self.a_along_k
+        )
         stage_b = self.stage_words(
-            b_tile, k0, t.bn, ld, self.j0, shape.n, lambda c, k: lowering.element(b_value, [k, Ref(self.j0) + c]), False
+            b_tile, k0, t.bn, ld, self.j0, shape.n, lambda c, k: self.b_byte(Ref(self.j0) + c, k), self.b_along_k
         )
         step: list[Stmt] = []
         a_frags, b_frags = [], []
