@@ -15,6 +15,7 @@ import gc
 import io
 import logging
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -144,10 +145,13 @@ def ort_session_options(threads: int) -> Any:
 
 
 def kiln_runner(module: Any, example_inputs: tuple[Any, ...], threads: int) -> Callable[[], Any]:
-    """Kiln's CPU target, called the way a user calls it (torch tensors in, torch tensors out)."""
+    """Kiln's CPU target, called the way a user calls it (torch tensors in, torch tensors out).
+    With as many threads as this process may use, Kiln runs at its default (`threads=None`: the
+    worker pool starts only when a run is long enough to pay for waking it), as a user gets it."""
     import compiler
 
-    fast = compiler.compile(module, example_inputs, target="cpu", threads=threads)
+    default = threads == len(os.sched_getaffinity(0))
+    fast = compiler.compile(module, example_inputs, target="cpu", threads=None if default else threads)
     return lambda: fast(*example_inputs)
 
 

@@ -6,6 +6,8 @@
 The model goes through its frontend into the graph IR, then through the target's pipeline
 (`passes`), then to the target's executor. Calls take numpy arrays or torch tensors and
 return the same kind; shapes and dtypes are checked against the graph before anything runs.
+A CPU call whose positional arrays or tensors fit the inputs exactly takes a short path
+(`compiler.calls`: a few µs, torch tensors in and out without copies).
 Targets: `reference` (the numpy interpreter: the oracle every other target is compared with),
 `cpu` (kernels lowered to LLVM IR, compiled for the host, run by `runtime.CpuExecutor`) and
 `cuda` (kernels printed as CUDA C, compiled by NVRTC to cubins, run by `runtime.CudaExecutor`).
@@ -34,6 +36,7 @@ from compiler.tensors import is_torch_tensor, to_numpy, to_torch
 from ir.graph import to_identifier
 from passes import Pass, PassManager, parse_pipeline
 from passes.instruments import PassStatistics
+from passes.observers import Calibration
 from passes.pipelines import default_pipeline
 
 TARGETS = ("reference", "cpu", "cuda")
@@ -58,6 +61,9 @@ class CompiledModel:
     """What runs `program`; for cuda, made at the first call (it needs the GPU)."""
     make_executor: Callable[[int | None], Any] | None = field(default=None, repr=False)
     """How to make the executor later, given the CUDA device (None: torch's current, else 0)."""
+    _short_call: Any = field(default=None, init=False, repr=False, compare=False)
+    """The CPU target's `compiler.calls.CpuCall` (False where calls cannot take it), made at the
+    first call."""
 
     def save(self, path: str) -> None:
         """Write the compiled program to one file; `compiler.load` (or `runtime.load_executor`,
@@ -67,6 +73,25 @@ class CompiledModel:
         self.program.save(path)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.target == "cpu" and not kwargs:
+            short = self._short_call
+            if short is None or (short and short.executor is not self.executor):
+                short = self._short_call = self._make_short_call()
+            outputs = short(args) if short else None
+            if outputs is not None:
+                return self.imported.unflatten_outputs(outputs)
+        return self._call(args, kwargs)
+
+    def _make_short_call(self) -> Any:
+        """The short path of `compiler.calls`, or False where no call can take it."""
+        from compiler.calls import CpuCall, positional_inputs
+
+        if self.executor is None or not positional_inputs(self.imported.flatten_inputs, len(self.graph.inputs)):
+            return False
+        return CpuCall(self.executor, self.graph)
+
+    def _call(self, args: tuple, kwargs: dict) -> Any:
+        """Any call: flattened by the frontend, converted and checked against the graph."""
         given = self.imported.flatten_inputs(args, kwargs)
         cuda_tensor = next((g for g in given if is_torch_tensor(g) and g.device.type == "cuda"), None)
         if self.target == "cuda" and cuda_tensor is not None:
@@ -94,6 +119,9 @@ class CompiledModel:
         tensors = [g if is_torch_tensor(g) else torch.as_tensor(to_numpy(g)) for g in given]
         check_types(self.graph, [(tuple(t.shape), torch_dtype_to_ir(t.dtype), str(t.dtype)) for t in tensors])
         tensors = [t.detach().to(device).contiguous() for t in tensors]  # no-ops for contiguous tensors there
+        # The kernels' 16-byte vector copies (cp.async) assume buffers as aligned as an allocation:
+        # a view that starts inside one (x[1:]) is copied.
+        tensors = [t if t.data_ptr() % 16 == 0 else t.clone() for t in tensors]
         executor = self.load_executor(device.index)
         if executor.device != device.index:
             raise InputMismatchError(
@@ -158,18 +186,32 @@ def compile(
     *,
     opt_level: int = 2,
     precision: str = "fp32",
-    calibration: Sequence[Sequence[Any]] | None = None,
+    calibration: Sequence[Sequence[Any]] | Calibration | None = None,
+    observer: str | None = None,
     debug: bool = False,
     threads: int | None = None,
     arch: str | Sequence[str] | None = None,
+    autotune: bool | None = None,
+    cuda_graph: bool = False,
+    allow_tf32: bool = False,
 ) -> CompiledModel:
     """Compile `model` (a torch `nn.Module` with `example_inputs`, an ONNX `ModelProto` or path,
     a `.kiln` path, or an `ir.Graph`) for `target`, running the target's pipeline at
     `opt_level` (0-3) and `precision` ("fp32", "bf16", "fp16", or int8: "int8-weight", "int8-dynamic",
     "int8-static"; `calibration` is a list of input sets like `example_inputs` that static int8 takes its
-    activation ranges from; the int8 report is `.stats["quantization"]`). `debug` verifies the graph
-    after every pass; `threads` sets the CPU target's worker count (default: the CPUs this process
-    may use); `arch` the CUDA architectures to compile cubins for (default sm_80 and sm_90)."""
+    activation ranges from, by `observer` "minmax" (default), "percentile" or "entropy", or a
+    `passes.observers.Calibration` with the sets and the observer's options; the int8 report is
+    `.stats["quantization"]`). `debug` verifies the graph
+    after every pass; `threads` sets the CPU target's worker count (default: up to the CPUs this
+    process may use, and one, the calling thread, for a program whose first runs take only a few
+    µs: `runtime.CpuExecutor`); `arch` the CUDA architectures to compile cubins for (default sm_80
+    and sm_90); `autotune`
+    times candidate GEMM tiles for the CPU target and caches the fastest on disk (default: on when
+    KILN_AUTOTUNE=1; `backends.cpu.autotune`); `cuda_graph` makes the CUDA target replay one CUDA graph of
+    all its launches per call, captured at the second call (`runtime.cuda.CudaExecutor`); `allow_tf32` lets
+    the CUDA target run f32 GEMMs and convolutions on TF32 tensor cores (operands rounded to 10 mantissa bits,
+    f32 accumulation: about 1e-3 relative error; the kernels that do are listed in `.stats["tf32"]`; other
+    targets compute f32 in f32)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; Kiln has {', '.join(TARGETS)}")
     imported = import_model(model, example_inputs)
@@ -179,7 +221,7 @@ def compile(
     if example_inputs is not None:
         steps = with_example_inputs(steps, imported, example_inputs)
     reports: list[Any] = []
-    steps = with_calibration(steps, imported, calibration, reports)
+    steps = with_calibration(steps, imported, calibration, reports, observer)
     graph = PassManager(steps, instruments=[statistics], verify_each=debug).run(imported.graph)
     compiled = CompiledModel(imported, target, graph, {"passes": statistics.records})
     if reports:
@@ -188,24 +230,28 @@ def compile(
         compiled.graph = graph = PassManager(parse_pipeline("fuse")).run(graph)
     if target == "cpu":
         from backends.cpu import build_program
+        from backends.cpu.autotune import autotuning
         from ir.loop import print_kernel
         from runtime import CpuExecutor
 
-        compiled.program, kernels = build_program(graph)
+        with autotuning(autotune):
+            compiled.program, kernels = build_program(graph)
         compiled.kernels = {k.name: print_kernel(k) for k in kernels}
         compiled.executor = CpuExecutor(compiled.program, threads=threads)
     elif target == "cuda":
         from backends.cuda import emit_kernel
         from backends.cuda.program import build_cuda_program, resources
 
-        compiled.program, kernels = build_cuda_program(graph, arch)
+        compiled.program, kernels = build_cuda_program(graph, arch, allow_tf32=allow_tf32)
         compiled.kernels = {k.name: emit_kernel(k) for k in kernels}
         compiled.stats["cuda"] = {name: resources(compiled.program, name) for name in compiled.program.code["cubins"]}
-        compiled.make_executor = cuda_executor_factory(compiled.program)
+        templates = compiled.program.code["templates"]
+        compiled.stats["tf32"] = sorted(name for name, template in templates.items() if template.endswith(".tf32"))
+        compiled.make_executor = cuda_executor_factory(compiled.program, cuda_graph)
     return compiled
 
 
-def cuda_executor_factory(program: Any) -> Callable[[int | None], Any]:
+def cuda_executor_factory(program: Any, cuda_graph: bool = False) -> Callable[[int | None], Any]:
     """Makes the `runtime.CudaExecutor` of `program` when first needed: on `device`, else torch's
     current device when torch has initialised CUDA, else device 0; a device that none of the
     program's cubins fits gets its CUDA source compiled by NVRTC."""
@@ -221,7 +267,7 @@ def cuda_executor_factory(program: Any) -> Callable[[int | None], Any]:
             if torch is not None and torch.cuda.is_initialized():
                 device = torch.cuda.current_device()
         try:
-            return CudaExecutor(program, device=device, compile_source=compile_for_arch)
+            return CudaExecutor(program, device=device, compile_source=compile_for_arch, cuda_graph=cuda_graph)
         except RuntimeCudaUnavailableError as error:
             raise CudaUnavailableError(str(error)) from error
 
@@ -241,30 +287,46 @@ def with_example_inputs(steps: list[Pass], imported: ImportedModel, example_inpu
 
 
 def with_calibration(
-    steps: list[Pass], imported: ImportedModel, calibration: Sequence[Sequence[Any]] | None, reports: list[Any]
+    steps: list[Pass],
+    imported: ImportedModel,
+    calibration: Sequence[Sequence[Any]] | Calibration | None,
+    reports: list[Any],
+    observer: str | None = None,
 ) -> list[Pass]:
-    """Hand the calibration input sets, and a list to put its report in, to the quantize pass."""
+    """Hand the calibration input sets, the observer, and a list to put its report in, to the quantize pass."""
+    if not isinstance(calibration, Calibration) and calibration is not None:
+        calibration = Calibration(tuple(calibration), observer or "minmax")
+    elif isinstance(calibration, Calibration) and observer is not None:
+        calibration = dataclasses.replace(calibration, observer=observer)
+    elif calibration is None and observer is not None:
+        raise ValueError("observer= chooses how calibration= inputs give ranges: pass calibration=[inputs, ...] too")
+    options = (
+        {"observer": calibration.observer, "percentile": calibration.percentile} if calibration is not None else {}
+    )
     sets = None
     if calibration is not None:
-        sets = tuple(check_inputs(imported.graph, imported.flatten_inputs(tuple(inputs), {})) for inputs in calibration)
+        sets = tuple(
+            check_inputs(imported.graph, imported.flatten_inputs(tuple(inputs), {})) for inputs in calibration.sets
+        )
     takes = ["calibration" in {f.name for f in dataclasses.fields(step)} for step in steps]
     if sets is not None and not any(takes):
         raise ValueError("calibration= is for int8 precisions (precision='int8-static' takes its ranges from it)")
     return [
-        dataclasses.replace(step, calibration=sets, reports=reports) if taken else step
+        dataclasses.replace(step, calibration=sets, reports=reports, **options) if taken else step
         for step, taken in zip(steps, takes)
     ]
 
 
-def load(path: str, threads: int | None = None) -> CompiledModel:
+def load(path: str, threads: int | None = None, cuda_graph: bool = False) -> CompiledModel:
     """A model saved with `CompiledModel.save`, ready to call (inputs by position; one output,
-    or a tuple of them: the torch output structure is not saved)."""
+    or a tuple of them: the torch output structure is not saved). `threads` and `cuda_graph` are
+    `compile`'s options of the CPU and CUDA targets."""
     from runtime import CpuExecutor
     from runtime import load as load_program
 
     program = load_program(path)
     if program.target == "cuda":
-        executor, make_executor = None, cuda_executor_factory(program)
+        executor, make_executor = None, cuda_executor_factory(program, cuda_graph)
     else:
         executor, make_executor = CpuExecutor(program, threads=threads), None
     builder = ir.GraphBuilder(to_identifier(program.name))

@@ -32,7 +32,9 @@ DRIVER_SYMBOL = "kiln_run_launches"
 # arrivals do not slow the spinners: [0] the barrier's arrival count, [64] its generation (the
 # last to arrive resets the count and bumps the generation, which releases the rest), [128] the
 # run generation (i32, a futex word: the caller bumps it to start a run), [192] how many workers
-# sleep on it, [256] the stop flag.
+# sleep on it, [256] the stop flag, [320] a pointer to the profile's clock readings (null: none
+# taken; see `CpuExecutor.profile`): worker 0 reads the clock (ns) before each launch, after its
+# barrier, into slot i, and after the run's last barrier into slot n.
 #
 # The pool's threads each make one ctypes call, into @kiln_worker_loop, that returns only when
 # the executor stops: between runs a worker spins (pause), then yields, then sleeps on the futex,
@@ -41,8 +43,31 @@ DRIVER_SYMBOL = "kiln_run_launches"
 # the calling thread's side: start the run, be worker 0, wait for the others at a final barrier.
 _DRIVER_IR = """
 declare i32 @sched_yield()
+declare i32 @clock_gettime(i32, ptr)
 {pause_declaration}
 {sleep_declaration}
+
+; Worker 0 of a profiled run (a non-null clock slot at state + 320) writes the time into slot %i.
+define internal void @kiln_clock(ptr %state, i64 %i) noinline {{
+entry:
+  %ts = alloca {{ i64, i64 }}
+  %slot = getelementptr i8, ptr %state, i64 320
+  %times = load ptr, ptr %slot
+  %off = icmp eq ptr %times, null
+  br i1 %off, label %exit, label %read
+read:
+  %rc = call i32 @clock_gettime(i32 {monotonic_clock}, ptr %ts)
+  %seconds = load i64, ptr %ts
+  %nanos.slot = getelementptr {{ i64, i64 }}, ptr %ts, i32 0, i32 1
+  %nanos = load i64, ptr %nanos.slot
+  %scaled = mul i64 %seconds, 1000000000
+  %now = add i64 %scaled, %nanos
+  %at = getelementptr i64, ptr %times, i64 %i
+  store i64 %now, ptr %at
+  br label %exit
+exit:
+  ret void
+}}
 
 define void @kiln_run_launches(ptr %fns, ptr %args, ptr %flags, i64 %n, i64 %worker, i64 %workers, ptr %state) {{
 entry:
@@ -57,9 +82,14 @@ loop:
   %barrier.bit = and i8 %flag, 2
   %has.barrier = icmp ne i8 %barrier.bit, 0
   %wait = and i1 %has.barrier, %several
-  br i1 %wait, label %barrier.wait, label %dispatch
+  br i1 %wait, label %barrier.wait, label %timed
 barrier.wait:
   call void @kiln_barrier(ptr %state, i64 %workers)
+  br label %timed
+timed:
+  br i1 %is.first, label %clock, label %dispatch
+clock:
+  call void @kiln_clock(ptr %state, i64 %i)
   br label %dispatch
 dispatch:
   %fn.slot = getelementptr ptr, ptr %fns, i64 %i
@@ -80,7 +110,12 @@ call.serial:
 called:
   %next = add i64 %i, 1
   %more = icmp ult i64 %next, %n
-  br i1 %more, label %loop, label %exit
+  br i1 %more, label %loop, label %last
+last:
+  br i1 %is.first, label %clock.last, label %exit
+clock.last:
+  call void @kiln_clock(ptr %state, i64 %n)
+  br label %exit
 exit:
   ret void
 }}
@@ -133,6 +168,7 @@ wake:
 work:
   call void @kiln_run_launches(ptr %fns, ptr %args, ptr %flags, i64 %n, i64 0, i64 %workers, ptr %state)
   call void @kiln_barrier(ptr %state, i64 %workers)
+  call void @kiln_clock(ptr %state, i64 %n)
   ret void
 }}
 
@@ -252,11 +288,14 @@ def driver_ir(triple: str) -> str:
         wake_call=wake_call,
         spins=SPINS_BEFORE_YIELD,
         spins_and_yields=SPINS_BEFORE_YIELD + YIELDS_BEFORE_SLEEP,
+        monotonic_clock=6 if "darwin" in triple or "macos" in triple else 1,  # CLOCK_MONOTONIC
     )
 
 
-STATE_WORDS = 40
-"""i64 words of a pool's synchronisation state: five cache lines (see the driver's IR)."""
+STATE_WORDS = 48
+"""i64 words of a pool's synchronisation state: six cache lines (see the driver's IR)."""
+PROFILE_SLOT = 40
+"""The state word that holds the address of a profiled run's clock readings (0: not profiled)."""
 
 
 class WorkerPool:
@@ -268,9 +307,10 @@ class WorkerPool:
     def __init__(self, engine: Any, table: tuple[int, int, int, int], workers: int) -> None:
         self.workers = workers
         self._engine = engine
-        self._state = aligned_empty((STATE_WORDS,), np.dtype(np.int64))
-        self._state[:] = 0
-        state = self._state.ctypes.data
+        self.state = aligned_empty((STATE_WORDS,), np.dtype(np.int64))
+        """The synchronisation words the pool's threads share (the profile slot among them)."""
+        self.state[:] = 0
+        state = self.state.ctypes.data
         address = engine.get_function_address
         p, i64 = ctypes.c_void_p, ctypes.c_int64
         run_main = ctypes.CFUNCTYPE(None, p, p, p, i64, i64, p)(address("kiln_run_main"))
@@ -290,7 +330,7 @@ class WorkerPool:
         """Stop the threads and wait for them to leave the generated code (called when the
         executor is collected, or at exit)."""
         if self._threads:
-            self._stop(self._state.ctypes.data)
+            self._stop(self.state.ctypes.data)
             for thread in self._threads:
                 thread.join(timeout=10)
             self._threads = []

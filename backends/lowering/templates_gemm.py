@@ -1,6 +1,6 @@
 """The contraction templates (`matmul`, `gemm`) as a register-blocked GEMM micro-kernel, with the
-tile sizes chosen per problem by `choose_tiles` (the cost model; an autotuner replaces it through
-`tile_chooser`).
+tile sizes chosen per problem by `choose_tiles` (the cost model; the autotuner,
+`backends.cpu.autotune`, replaces it through `tile_chooser` when asked).
 
 Every matmul and gemm is one `Contraction`: out[batch, i, j] = sum_k A(batch, i, k) * B(batch, k, j),
 with operands read through `lowering.compute` (so transposes, broadcasts, casts and rank-1
@@ -37,23 +37,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from backends.lowering.expr import const, i64, unflatten
+from backends.lowering.expr import const, unflatten
 from backends.lowering.group import GroupLowering, compute_dtype
 from backends.lowering.indexing import broadcast_index
+from backends.lowering.panels import Blocking, TileAt, panel_blocks
 from ir import DType, Node
-from ir.loop import Assign, Binary, Buffer, Call, Expr, For, If, Load, LoopKind, Ref, Stmt, Store
+from ir.loop import Assign, Binary, Buffer, Call, Expr, For, Load, LoopKind, Ref, Stmt, Store
 
 VECTOR_LANES_MULTIPLE = 16
 """A vectorized loop's extent is a multiple of this (the LLVM backend's vector contract for f32)."""
 MAX_VECTOR_LANES = 64
 """... and at most this many lanes."""
+L1_PANEL_BYTES = 32 * 1024
+"""A B panel (K x NR) up to this size stays in L1 (32-48 KiB) while row tiles re-read it in place."""
 
 
 # -- the problem and its tiles -------------------------------------------------------------------
@@ -96,15 +98,12 @@ class GemmTiles:
             raise ValueError(f"tiles must be positive and accumulators 'tile' or 'registers', got {self}")
 
 
-@functools.cache
 def host_vector_bits() -> int:
-    """The widest float vector of the host CPU (512 with AVX-512, 256 with AVX2, else 128)."""
-    from runtime.cpu import host_target
+    """The widest float vector of the CPU code is generated for (512 with AVX-512, 256 with AVX2,
+    else 128; `runtime.cpu.limit_isa` narrows it)."""
+    from runtime.cpu import host_vector_bits as generated_vector_bits
 
-    features = set(host_target()["features"].split(","))
-    if "+avx512f" in features:
-        return 512
-    return 256 if "+avx2" in features or "+avx" in features else 128
+    return generated_vector_bits()
 
 
 def choose_tiles(shape: GemmShape, vector_bits: int | None = None) -> GemmTiles:
@@ -117,7 +116,12 @@ def choose_tiles(shape: GemmShape, vector_bits: int | None = None) -> GemmTiles:
     and a serial edge of 8, reading A twice); N = 16 and 32 stay at ~97, the core's FMA peak.
     With enough rows to share it, B's panel is packed once per block of 16 row tiles (96 rows:
     the copy is ~1% of the work). Measured on one Zen 4 core (benchmarks/gemm_cpu.py): packing
-    takes 2048^3 from 0.68x torch to ~1.05x and is neutral at 512-1024."""
+    takes 2048^3 from 0.68x torch to ~1.05x and is neutral at 512-1024. A panel larger than L1 is
+    packed whenever two row tiles share it, however few: read in place, each k step of it is NR
+    columns of a row N apart, so every row tile re-reads it from memory through a new page per k
+    (an MLP 32x768 -> 3072 -> 3072 -> 1000 on one Xeon core: 33 -> 14 ms). Up to 32 row tiles
+    share one packed panel when that leaves at least 8 blocks (a BERT layer at 128 tokens on one
+    Xeon core: 15.8 -> 13.5 ms, its FFN panels copied once instead of twice)."""
     bits = vector_bits or host_vector_bits()
     lanes = max(bits // (8 * max(shape.dtype.itemsize, 4)), 1)  # f16/bf16 accumulate in f32
     vectors = 4 if bits >= 512 else 2  # vectors per row of a tile
@@ -126,12 +130,18 @@ def choose_tiles(shape: GemmShape, vector_bits: int | None = None) -> GemmTiles:
     if shape.n <= nr:
         nr = max(shape.n, 1)
     mr = max(min(6, shape.m), 1)
-    pack = shape.m >= 8 * mr
-    return GemmTiles(mr=mr, nr=nr, block_tiles=16 if pack else 1, pack_b=pack)
+    panel_bytes = shape.k * nr * max(shape.dtype.itemsize, 4)
+    pack = shape.m >= 8 * mr or (shape.m > mr and panel_bytes > L1_PANEL_BYTES)
+    row_tiles, col_panels = -(-shape.m // mr), -(-shape.n // nr)
+    # Up to 32 row tiles share one copy of the panel when there are panels enough for the threads
+    # (a layer at 128 tokens: 22 tiles were 16 + 6, each block copying the panel from memory).
+    whole = row_tiles <= 32 and shape.batch * col_panels >= 8
+    return GemmTiles(mr=mr, nr=nr, block_tiles=(row_tiles if whole else 16) if pack else 1, pack_b=pack)
 
 
 tile_chooser: Callable[[GemmShape], GemmTiles] = choose_tiles
-"""The seam for an autotuner: the function the templates ask for tiles (see `override_tiles`)."""
+"""The seam for the autotuner (`backends.cpu.autotune`): the function the templates ask for tiles
+(see `override_tiles`); read at each call, so a chooser imported by name elsewhere misses overrides."""
 
 
 @contextlib.contextmanager
@@ -197,31 +207,10 @@ def contraction_loops(lowering: GroupLowering, problem: Contraction) -> list[Stm
         # 3x3 stride 2, 64 -> 128 channels): 52 -> 69 GFLOP/s on one core.
         shared = row_tiles if shape.batch * col_panels >= 8 else 16
         tiles = dataclasses.replace(tiles, pack_b=True, block_tiles=max(tiles.block_tiles, min(shared, 64)))
-    m_edge, n_edge = shape.m % mr, shape.n % nr
-    per_block = min(tiles.block_tiles, row_tiles)
-    row_blocks = -(-row_tiles // per_block)
-    t = lowering.var("block")
-    ib = Ref(t) % row_blocks if row_blocks > 1 else i64(0)
-    jp = (Ref(t) // row_blocks) % col_panels if col_panels > 1 else i64(0)
-    batch_flat = Ref(t) // (row_blocks * col_panels)
-    batch_index = unflatten(batch_flat, problem.batch_shape) if problem.batch_shape else []
-    j0 = jp * nr if nr > 1 else jp
     panel = lowering.scratch((shape.k * nr,), shape.dtype) if tiles.pack_b else None
 
-    def rows_of(it: Expr, cols: int, b_at: BColumn) -> list[Stmt]:
-        i0 = it * mr if mr > 1 else it
-
-        def block(rows: int) -> list[Stmt]:
-            return _micro_kernel(lowering, problem, batch_index, i0, j0, rows, cols, b_at, tiles.accumulators)
-
-        if not m_edge:
-            return block(mr)
-        if row_tiles == 1:
-            return block(m_edge)
-        return [If(it.lt(i64(row_tiles - 1)), tuple(block(mr)), tuple(block(m_edge)))]
-
-    def panel_of(cols: int) -> list[Stmt]:
-        """The block of row tiles for a panel `cols` wide: B packed (or read in place), then each tile."""
+    def panel_of(batch_index: Sequence[Expr], j0: Expr, cols: int) -> tuple[list[Stmt], TileAt]:
+        """B packed (or read in place) for a panel `cols` wide, and its row tiles."""
         statements: list[Stmt] = []
         if panel is None:
             b_at: BColumn = lambda k, jj: problem.b(batch_index, k, j0 + jj)
@@ -236,22 +225,14 @@ def contraction_loops(lowering: GroupLowering, problem: Contraction) -> list[Stm
                 For(k, shape.k, (For(jj, cols, (Store(panel, Ref(k) * cols + Ref(jj), element),), kind),))
             )
             b_at = lambda k, jj: Load(panel, k * cols + jj)
-        if per_block == 1:
-            return [*statements, *rows_of(ib, cols, b_at)]
-        q = lowering.var("q")
-        it = ib * per_block + Ref(q) if row_blocks > 1 else Ref(q)
-        body = rows_of(it, cols, b_at)
-        if row_tiles % per_block:  # the last block has fewer tiles
-            body = [If(it.lt(i64(row_tiles)), tuple(body))]
-        return [*statements, For(q, per_block, tuple(body))]
 
-    if not n_edge:
-        body = panel_of(nr)
-    elif col_panels == 1:
-        body = panel_of(n_edge)
-    else:
-        body = [If(jp.lt(i64(col_panels - 1)), tuple(panel_of(nr)), tuple(panel_of(n_edge)))]
-    return [For(t, shape.batch * row_blocks * col_panels, tuple(body))]
+        def tile(i0: Expr, rows: int) -> list[Stmt]:
+            return _micro_kernel(lowering, problem, batch_index, i0, j0, rows, cols, b_at, tiles.accumulators)
+
+        return statements, tile
+
+    blocking = Blocking(problem.batch_shape, shape.m, shape.n, mr, nr, tiles.block_tiles)
+    return panel_blocks(lowering, blocking, panel_of)
 
 
 def _micro_kernel(lowering: GroupLowering, problem: Contraction, batch_index: Sequence[Expr], i0: Expr, j0: Expr,

@@ -4,6 +4,8 @@ without them gives exact results run after run on 2 threads."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from runtime import BufferSpec, CpuExecutor, Launch, Program, plan_arena
@@ -88,3 +90,38 @@ def test_a_program_without_parallel_launches_starts_no_threads(kernels):
     assert executor.workers == 1
     (y,) = executor.run([np.arange(n, dtype=np.float32)])
     np.testing.assert_array_equal(y, np.arange(n) + 1)
+
+
+def _race_program(kernels):
+    n = kernels.N * 64
+    buffers = (
+        _spec("x", "input", n),
+        _spec("c", "constant", n),
+        _spec("a", "intermediate", n),
+        _spec("s", "output", 1),
+    )
+    launches = (Launch("add", (0, 1, 2), writes=(2,)), Launch("total", (2, 3), parallel=False, writes=(3,)))
+    planned, arena = plan_arena(buffers, launches, (3,))
+    code = kernels.cpu_code(kernels.binary("add", "fadd", n), kernels.serial_sum("total", n))
+    return Program("race", planned, (0,), (3,), {1: np.ones(n, dtype=np.float32)}, launches, arena, code), n
+
+
+def test_a_profile_times_every_launch_and_leaves_runs_as_they_were(kernels):
+    """`CpuExecutor.profile`: one reading per run and launch, each a plausible time, on one worker,
+    on two (where it puts a barrier before every launch, and takes it away again) and while the
+    executor chooses between them."""
+    from runtime.driver import PROFILE_SLOT
+
+    program, n = _race_program(kernels)
+    x = (np.arange(n) % 7 - 3).astype(np.float32)  # small integers: the sum is exact in f32
+    for threads in (1, 2, None):  # None: the first runs decide between the pool and one thread
+        executor = CpuExecutor(program, threads=threads)
+        flags = executor._flags.copy()
+        start = time.perf_counter()
+        readings = executor.profile([x], runs=8)
+        elapsed = time.perf_counter() - start
+        assert readings.shape == (8, 2)
+        assert (readings > 0).all() and readings.sum() < elapsed  # times inside the runs, none empty
+        assert executor._state[PROFILE_SLOT] == 0 and (executor._flags == flags).all()
+        (s,) = executor.run([x])
+        assert s[0] == np.sum(x.astype(np.float64) + 1)  # still right after profiling

@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import runtime.cpu
 from runtime import (
     BufferSpec,
     CodeCompilationError,
@@ -23,6 +24,7 @@ from runtime import (
     ProgramError,
     plan_arena,
 )
+from runtime.arguments import ALIGNED_OUTPUT_BYTES, data_address
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -33,7 +35,6 @@ def test_chain_matches_numpy(chain_program, chain_inputs, chain_expected, thread
         (out,) = executor.run([x, y])
         np.testing.assert_allclose(out, chain_expected(x, y, chain_program.constants[2]), rtol=1e-6)
     assert out.dtype == np.float32 and out.shape == x.shape
-    assert out.ctypes.data % 64 == 0
 
 
 def test_chain_arena_reuses_bytes(chain_program):
@@ -205,3 +206,76 @@ def test_dropping_an_executor_stops_its_threads(chain_program):
     for thread in workers()[before:]:
         thread.join(timeout=5)
     assert len(workers()) == before
+
+
+def _kiln_workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("kiln-cpu-worker")]
+
+
+def test_without_a_thread_count_a_small_program_stays_on_the_calling_thread(
+    chain_program, chain_inputs, chain_expected, monkeypatch
+):
+    """threads=None: the first runs are timed on the calling thread; a program this small never
+    starts the pool, and its results are the same before and after the choice."""
+    monkeypatch.setattr(runtime.cpu, "default_threads", lambda: 3)
+    before = len(_kiln_workers())
+    executor = CpuExecutor(chain_program)
+    assert executor.workers == 3  # at most: nothing is chosen before the first runs
+    x, y = chain_inputs
+    for _ in range(runtime.cpu.PROBE_RUNS + 2):
+        (out,) = executor.run([x, y])
+        np.testing.assert_allclose(out, chain_expected(x, y, chain_program.constants[2]), rtol=1e-6)
+    assert executor.workers == 1 and len(_kiln_workers()) == before
+
+
+def test_without_a_thread_count_a_big_program_starts_the_pool_after_its_first_runs(
+    chain_program, chain_inputs, chain_expected, monkeypatch
+):
+    monkeypatch.setattr(runtime.cpu, "default_threads", lambda: 3)
+    monkeypatch.setattr(runtime.cpu, "POOL_MIN_PHASE_NS", 0)  # any program counts as big
+    before = len(_kiln_workers())
+    executor = CpuExecutor(chain_program)
+    x, y = chain_inputs
+    expected = chain_expected(x, y, chain_program.constants[2])
+    for run in range(runtime.cpu.PROBE_RUNS + 3):
+        assert len(_kiln_workers()) == before + (2 if run >= runtime.cpu.PROBE_RUNS else 0)
+        (out,) = executor.run([x, y])
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert executor.workers == 3
+    del executor
+    gc.collect()
+    for thread in _kiln_workers()[before:]:
+        thread.join(timeout=5)
+
+
+def test_outputs_are_fresh_and_big_ones_start_on_a_cache_line(kernels):
+    n, f32 = 4096, "float32"
+    buffers = (BufferSpec("a", f32, (n,), "input"), BufferSpec("b", f32, (n,), "input"))
+    buffers += (BufferSpec("out", f32, (n,), "output"),)
+    program = _program(
+        "big_add",
+        buffers,
+        (0, 1),
+        (2,),
+        (Launch("add", (0, 1, 2)),),
+        kernels.cpu_code(kernels.binary("add", "fadd", n)),
+    )
+    executor = CpuExecutor(program, threads=1)
+    a, b = np.arange(n, dtype=np.float32), np.ones(n, dtype=np.float32)
+    (first,) = executor.run([a, b])
+    (second,) = executor.run([a, a])
+    assert first.ctypes.data % 64 == 0 and first.nbytes >= ALIGNED_OUTPUT_BYTES
+    np.testing.assert_array_equal(first, a + b)  # the second run wrote an array of its own
+    np.testing.assert_array_equal(second, a + a)
+
+
+def test_run_at_reads_and_writes_the_callers_memory(chain_program, chain_inputs, chain_expected):
+    executor = CpuExecutor(chain_program, threads=2)
+    x, y = chain_inputs
+    x = x.copy()
+    x.flags.writeable = False  # read-only inputs are read through ndarray.ctypes
+    ((shape, dtype, _),) = executor.arguments.output_types
+    out = np.full(shape, np.nan, dtype)
+    executor.run_at([data_address(x), data_address(y), data_address(out)])
+    np.testing.assert_allclose(out, chain_expected(x, y, chain_program.constants[2]), rtol=1e-6)
+    assert data_address(x) == x.ctypes.data and data_address(out) == out.ctypes.data
