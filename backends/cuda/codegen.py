@@ -58,6 +58,7 @@ from backends.cuda.codegen_tiles import (
     print_tile_call,
     sixteen_byte_rows,
 )
+from backends.cuda.codegen_vector import print_vector_call, print_vector_loads, print_vector_store, vector_group
 from ir.dtype import DType
 from ir.errors import KilnError
 from ir.loop.lockstep import launch_dims
@@ -211,6 +212,11 @@ class KernelPrinter:
                 print_collective(self, statements[position : position + grouped])
                 skip = grouped - 1
                 continue
+            grouped = vector_group(statements, position)  # the Assigns of one vector load: one access
+            if grouped:
+                print_vector_loads(self, statements[position : position + grouped])
+                skip = grouped - 1
+                continue
             if _mma_product(statements, position):  # four Assigns of one tensor-core product: one call
                 _print_mma_x4(self, statements[position : position + 4])
                 skip = 3
@@ -269,7 +275,7 @@ def _comment(kernel: Kernel, grid: tuple[int, ...], block: tuple[int, ...]) -> s
 
 
 def _print_store(p: KernelPrinter, stmt: Store) -> None:
-    if print_async_copy(p, stmt):
+    if print_async_copy(p, stmt) or print_vector_store(p, stmt):
         return
     value = p.expr(stmt.value)
     match stmt.buffer.dtype:
@@ -556,7 +562,7 @@ def _float_to_float(text: str, prefix: str, precedence: int, source: DType, targ
 
 def _print_call(p: KernelPrinter, expr: Call) -> Printed:
     name, args, dtype = expr.name, expr.args, expr.dtype
-    tile_call = print_tile_call(p, expr)
+    tile_call = print_tile_call(p, expr) or print_vector_call(p, expr)
     if tile_call is not None:
         return tile_call
     if name in SHUFFLES:  # exact: a register moves between lanes

@@ -1162,4 +1162,55 @@ KILN_DEVICE float kiln_mma_m16n8k8_tf32(float a0, float a1, float a2, float a3, 
   return d[index];
 }
 
+// -- vector loads and stores (issue 11: backends/cuda/templates_gpu_vector.py) ---------------------
+
+// The kernel IR's `vector_load` and `vector_store` (ir/loop/nodes.py): n consecutive elements of a
+// global buffer moved by one 4-, 8- or 16-byte access whose address the schedule proved a multiple
+// of its size. On the device the bytes move as one uint32_t, uint2 or uint4 (ld/st.global.v4.b32 for
+// 16); on the host they are copied after the same alignment check, so a misaligned vector fails the
+// launch there as it faults here. Registers hold f16/bf16 widened to float (kiln_load), and values
+// are narrowed as a scalar store narrows them.
+template <typename S, int N> struct alignas(N * sizeof(S)) kiln_vector {
+  static_assert(N * sizeof(S) == 4 || N * sizeof(S) == 8 || N * sizeof(S) == 16, "a vector moves 4, 8 or 16 bytes");
+  S element[N];
+};
+#ifdef __CUDACC_RTC__
+template <int BYTES> struct kiln_vector_word;  // the register type that moves BYTES at once
+template <> struct kiln_vector_word<4> { typedef uint32_t type; };
+template <> struct kiln_vector_word<8> { typedef uint2 type; };
+template <> struct kiln_vector_word<16> { typedef uint4 type; };
+template <int BYTES> KILN_DEVICE void kiln_vector_copy(void* to, const void* from, const void*) {
+  typedef typename kiln_vector_word<BYTES>::type Word;
+  *reinterpret_cast<Word*>(to) = *reinterpret_cast<const Word*>(from);
+}
+#else
+template <int BYTES> static inline void kiln_vector_copy(void* to, const void* from, const void* global) {
+  if ((uintptr_t)global % BYTES)
+    kiln_tiles::fault("a vector access of " + std::to_string(BYTES) + " bytes at a misaligned address");
+  std::memcpy(to, from, BYTES);
+}
+#endif
+template <typename S> KILN_DEVICE S kiln_widen(S x) { return x; }
+KILN_DEVICE float kiln_widen(__half x) { return kiln_load(x); }
+KILN_DEVICE float kiln_widen(__nv_bfloat16 x) { return kiln_load(x); }
+template <typename S, typename R> KILN_DEVICE S kiln_narrow(R x, const S*) { return (S)x; }
+KILN_DEVICE __half kiln_narrow(float x, const __half*) { return kiln_store_f16(x); }
+KILN_DEVICE __nv_bfloat16 kiln_narrow(float x, const __nv_bfloat16*) { return kiln_store_bf16(x); }
+
+template <typename S, typename... R> KILN_DEVICE void kiln_load_vector(const S* source, R&... out) {
+  kiln_vector<S, sizeof...(R)> v;
+  kiln_vector_copy<sizeof v>(&v, source, source);
+  int lane = 0;
+  ((out = kiln_widen(v.element[lane++])), ...);
+}
+template <int N, typename S> KILN_DEVICE auto kiln_load_vector_at(const S* source, int32_t lane) {
+  kiln_vector<S, N> v;
+  kiln_vector_copy<sizeof v>(&v, source, source);
+  return kiln_widen(v.element[lane]);
+}
+template <typename S, typename... R> KILN_DEVICE void kiln_store_vector(S* target, R... values) {
+  const kiln_vector<S, sizeof...(R)> v = {{kiln_narrow(values, (const S*)nullptr)...}};
+  kiln_vector_copy<sizeof v>(target, &v, target);
+}
+
 #undef KILN_DEVICE

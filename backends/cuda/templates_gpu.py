@@ -3,8 +3,9 @@ whose GPU form is not a CPU loop nest spread over threads. `backends.cuda.schedu
 tries them first and falls back to `gpu_schedule(lower_group(...))`.
 
 - **Pointwise** (`_pointwise`): a group of elementwise and movement ops only: one output
-  element per thread over a flat index, with a grid-stride loop where the elements outnumber
-  `max_blocks` blocks.
+  element per thread over a flat index, or V of them moved by 16-byte vector accesses where
+  `templates_gpu_vector` proves it safe, with a grid-stride loop where the threads' shares
+  outnumber `max_blocks` blocks.
 - **Rows**: `templates_gpu_rows` (row reductions with warp shuffles, softmax, the norms).
 - `write_outputs`: how every template that holds one element of its node's result per thread
   writes the group's outputs through the epilogue.
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from backends.cuda.epilogue_scatter import reshape_index, scatter_outputs
+from backends.cuda.templates_gpu_vector import plan_vectors
 from backends.lowering.expr import flat_index, i64, unflatten
 
 # The epilogue probe of the CPU lowering: `EpilogueMismatch` says an output reads the row's result at
@@ -63,29 +65,51 @@ def gpu_template(
 
 def _pointwise(lowering: GroupLowering, threads_per_block: int, max_blocks: int) -> Kernel:
     """One output element per thread: element o of every output (of fewer elements: where o is
-    below their count)."""
+    below their count); or, where `plan_vectors` proves it safe, V consecutive elements per thread
+    moved by 16-byte vector accesses, the last thread writing the elements past the last whole
+    vector one at a time."""
     outputs = lowering.body.outputs
     count = max(v.type.numel for v in outputs)
-    threads = min(threads_per_block, -(-count // WARP_SIZE) * WARP_SIZE)
-    blocks = min(-(-count // threads), max_blocks)
-    strides = -(-count // (blocks * threads))
-    block, thread, offset = lowering.var("block"), lowering.var("thread"), lowering.var("o")
-    stores: list[Stmt] = []
-    for value, buffer in zip(outputs, lowering.outputs):
-        index = unflatten(Ref(offset), value.type.shape)
-        store: Stmt = Store(buffer, flat_index(index, value.type.shape), lowering.element(value, index))
-        if value.type.numel < count:
-            store = If(Ref(offset).lt(i64(value.type.numel)), (store,))
-        stores.append(store)
+    offset = lowering.var("o")  # the thread's first element
+    plan = plan_vectors(lowering, offset)
+    width = plan.width if plan is not None else 1
+    units = -(-count // width)  # what one thread takes: an element or a vector (the last: the tail)
+    threads = min(threads_per_block, -(-units // WARP_SIZE) * WARP_SIZE)
+    blocks = min(-(-units // threads), max_blocks)
+    strides = -(-units // (blocks * threads))
+    block, thread = lowering.var("block"), lowering.var("thread")
+    if plan is None:
+        work: list[Stmt] = _element_stores(lowering, Ref(offset), count)
+    else:
+        whole = count // width * width
+        work = list(plan.statements)
+        if whole < count:  # the tail: elements whole .. count - 1, on the thread at offset `whole`
+            j = lowering.var("j")
+            tail = For(j, count - whole, tuple(_element_stores(lowering, Ref(offset) + Ref(j), count)))
+            work = [If(Ref(offset).lt(i64(whole)), tuple(work), (tail,))]
     first = Ref(block) * threads + Ref(thread)
     if strides == 1:
-        guarded = stores if blocks * threads == count else [If(Ref(offset).lt(i64(count)), tuple(stores))]
-        body: list[Stmt] = [Assign(offset, first), *guarded]
-    else:  # a grid stride: all blocks take a pass over the next blocks * threads elements
+        position = first if width == 1 else first * width
+        guarded = work if blocks * threads == units else [If(Ref(offset).lt(i64(count)), tuple(work))]
+        body: list[Stmt] = [Assign(offset, position), *guarded]
+    else:  # a grid stride: all blocks take a pass over the next blocks * threads units
         k = lowering.var("k")
         position = Ref(k) * (blocks * threads) + first
-        body = [For(k, strides, (Assign(offset, position), If(Ref(offset).lt(i64(count)), tuple(stores))))]
+        position = position if width == 1 else position * width
+        body = [For(k, strides, (Assign(offset, position), If(Ref(offset).lt(i64(count)), tuple(work))))]
     return kernel_of(lowering, (block, blocks), (thread, threads), body)
+
+
+def _element_stores(lowering: GroupLowering, offset: Expr, count: int) -> list[Stmt]:
+    """Element `offset` of every output (of fewer than `count` elements: where it has one)."""
+    stores: list[Stmt] = []
+    for value, buffer in zip(lowering.body.outputs, lowering.outputs):
+        index = unflatten(offset, value.type.shape)
+        store: Stmt = Store(buffer, flat_index(index, value.type.shape), lowering.element(value, index))
+        if value.type.numel < count:
+            store = If(offset.lt(i64(value.type.numel)), (store,))
+        stores.append(store)
+    return stores
 
 
 def kernel_of(lowering: GroupLowering, block: tuple[Var, int], thread: tuple[Var, int], body: Sequence[Stmt]) -> Kernel:

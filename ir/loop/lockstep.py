@@ -22,6 +22,8 @@ the constructs that need threads together their meaning:
 - Asynchronous copies into shared memory (`cp_async`) land only at the `cp_async_wait` that covers
   them, and `ldmatrix_x4(_trans)` gathers each lane's registers by the PTX ISA layout
   (`ir.loop.lockstep_tiles`): a missing wait reads stale data, a missing barrier after it is a race.
+- Vector accesses (`vector_load`, `vector_store`) must be aligned to their size and inside their
+  buffer, as the device requires (`ir.loop.lockstep_vector`).
 - Loads and stores are bounds-checked (the failing block and thread are named), and with
   `check_races` a data race is reported (`RaceError`, naming the buffer and the element): two
   threads of a block touching one element between two barriers where at least one writes, or two
@@ -46,6 +48,7 @@ from ir.loop.interpreter import Evaluator, bind_params
 from ir.loop.lockstep_int8 import MMA_INT8, mma_int8
 from ir.loop.lockstep_tiles import TILE_CALLS, async_copy, run_tile_call
 from ir.loop.lockstep_tiles import AsyncCopy as _AsyncCopy
+from ir.loop.lockstep_vector import VECTOR_CALLS, vector_load, vector_store
 from ir.loop.nodes import (
     WARP_SHUFFLES,
     WARP_SIZE,
@@ -189,6 +192,8 @@ class _Block(Evaluator):
             match stmt:
                 case Store(buffer, index, Call(name="cp_async") as copy):
                     self.async_copy(buffer, index, copy)
+                case Store(buffer, index, Call(name="vector_store") as vector):
+                    vector_store(self, buffer, index, vector)
                 case Store(buffer, index, value):
                     self.store(buffer, index, value)
                 case Assign(var, value):
@@ -320,6 +325,8 @@ class _Block(Evaluator):
             return self.mma(expr)
         if expr.name in TILE_CALLS:
             return run_tile_call(self, expr)
+        if expr.name in VECTOR_CALLS:
+            return vector_load(self, expr)
         if expr.name in MMA_INT8:  # ir.loop.lockstep_int8 assembles the warps' int8 fragments
             self.whole_warps(expr.name)
             return mma_int8(expr, lambda operand: self.full(self.eval(operand)), self.fail)

@@ -281,6 +281,13 @@ class Call(Expr):
     - `tf32_round(x)` (f32): x rounded to TF32 (10 mantissa bits, ties away from zero), and
       `mma_m16n8k8_tf32(a0..a3, b0, b1, c0..c3, index)` (f32, warp-collective): the tensor-core
       D = A @ B + C on TF32 values (A 16 x 8, B 8 x 8; `ir.loop.lockstep_tf32` has the layout);
+    - `vector_load(src, elements, lane)`: `src` a `Load` of a GLOBAL buffer at the first of
+      `elements` (an i32 constant; 4, 8 or 16 bytes' worth) consecutive elements, its index a
+      multiple of `elements`; the result (`src`'s dtype) is element `lane` (a constant) of them.
+      `elements` `Assign`s with equal `src` and lanes 0.. in a row are one vector access;
+    - `vector_store(x0, ..., xn-1)`: only as the value of a `Store` into a GLOBAL buffer of its
+      dtype: writes the n elements (4, 8 or 16 bytes) at the store's index, a multiple of n
+      (`ir.loop.lockstep_vector`; `backends.cuda.templates_gpu_vector` uses both);
     The shuffles' second operand is i32 and the result has `value`'s dtype; every lane of a warp
     must execute a shuffle or an MMA together (none may be masked off by an `If`), and the block
     holds whole warps."""
