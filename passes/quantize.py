@@ -3,23 +3,29 @@ the numerically sensitive rest in f32, and report what was quantized, what was k
 what it cost on example or calibration inputs. `compile(..., precision="int8-weight" |
 "int8-dynamic" | "int8-static", calibration=[...])` runs it (`passes.pipelines`).
 
-What is quantized: `matmul` and `gemm` nodes with f32 results whose weight (b) is a 2-D constant.
+What is quantized: `matmul` and `gemm` nodes with f32 results whose weight (b) is a 2-D constant,
+and `conv` nodes with a constant weight, but depthwise ones (`passes.quantize_conv`, whose doc says how).
 Every weight becomes int8 per output channel, symmetric: s_n = max_k |W[k, n]| / 127 and
 q = round_half_even(W / s_n), so that the zero point is 0 and the integer product needs no
 correction term. Then, by mode:
 
 - `weight`: activations stay f32; the node reads `dequantize_linear(q, s, 0)`, i.e. the weight is
   stored as int8 and widened where it is read (the precision of a weight-only int8 model).
-- `dynamic`: each row of the activation (a token) is quantized at run time, symmetric int8 with
-  s_x = max |x_row| / 127; y = (f32(matmul_integer(q_x, q_w)) * s_x) * s_w, then bias.
-- `static`: the activation's scale and zero point are fixed from the calibration inputs (min-max
-  observer over every calibration set, range widened to include 0), asymmetric uint8 per tensor;
+- `dynamic`: each row of the activation (a token) is quantized at run time, symmetric with
+  s_x = max |x_row| / 127, stored as uint8 codes q_x + 128 (zero point 128: the form the int8 GEMM
+  reads fastest); y = (f32(matmul_integer(q_x + 128, q_w, 128, 0)) * s_x) * s_w, then bias.
+- `static`: the activation's scale and zero point are fixed from the calibration inputs (an
+  observer over every calibration set, `passes.observers`: min-max, percentile or entropy; range
+  widened to include 0), asymmetric uint8 per tensor;
   y = f32(matmul_integer(q_x, q_w, z_x, 0)) * (s_x * s_w), then bias.
 
 Kept in f32, with the reason in the report: contractions whose weight is not a constant (attention's
-q @ k^T), the first and last contraction of the graph (`keep_first_last`: the stem sees raw inputs,
-the head makes the logits, and both are small), ops or nodes the user names (`keep_ops`,
-`keep_nodes`: node `source`s). Softmax, norms and every other op are not candidates: they stay f32.
+q @ k^T), the first contraction of the graph when it reads a graph input (up to movement and ops by
+constants: the stem, which sees raw inputs) and the last when it makes a graph output (up to the same
+and a softmax: the head, which makes the logits) (`keep_first_last`; a GPT block compiled on its own
+reads a norm's output and adds its last product to the residual stream: both are quantized); ops or
+nodes the user names (`keep_ops`, `keep_nodes`: node `source`s). Softmax, norms and every other op
+are not candidates: they stay f32.
 
 Numerics: precision-reducing. The integer accumulation is exact, so the quantized graph equals,
 bit for bit in the interpreter, the float simulation of the same rounding ("fake quant"); the
@@ -37,11 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from ir import DType, Graph, GraphBuilder, KilnError, Node, OpKind, Value, get_op, run, run_all
+from ir import DType, Graph, GraphBuilder, KilnError, Node, OpKind, Value, get_op, run
 from ir.printer import print_node, value_names
 from passes.editing import map_nodes
 from passes.manager import Numerics, Pass, register_pass
+from passes.observers import check_observer, observe_ranges, random_input_sets
 from passes.prune_dead_nodes import PruneDeadNodes
+from passes.quantize_conv import CONV_QUANTIZERS, conv_kept_reason
+from passes.quantize_ends import makes_outputs, reads_raw_input
 
 MODES = ("weight", "dynamic", "static")
 CANDIDATE_OPS = ("matmul", "gemm")
@@ -127,6 +136,10 @@ class Quantize(Pass):
     report measures on them too."""
     reports: list | None = field(default=None, compare=False, repr=False)
     """Where each run appends its `QuantizationReport` (the compiler puts it in `.stats`)."""
+    observer: str = "minmax"
+    """How static ranges are taken from the calibration values: minmax, percentile or entropy."""
+    percentile: float = 99.99
+    """The percentile observer's upper percentile (the lower is 100 minus it)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -137,6 +150,7 @@ class Quantize(Pass):
                 object.__setattr__(self, option, tuple(n for n in given.split("+") if n))
         for op in self.keep_ops:
             get_op(op)
+        check_observer(self.observer, self.percentile)
 
     def __str__(self) -> str:
         return Pass.__str__(dataclasses.replace(self, example_inputs=None, calibration=None, reports=None))
@@ -152,22 +166,29 @@ class Quantize(Pass):
                 "like example_inputs), or use precision='int8-dynamic', which needs none"
             )
         chosen, kept = choose(graph, self.keep_first_last, frozenset(self.keep_ops), frozenset(self.keep_nodes))
-        ranges = observe_ranges(graph, [n.inputs[0] for n in chosen], calibration) if self.mode == "static" else {}
+        ranges = (
+            observe_ranges(graph, [n.inputs[0] for n in chosen], calibration, self.observer, percentile=self.percentile)
+            if self.mode == "static"
+            else {}
+        )
         names = value_names(graph)
         quantized: list[QuantizedNode] = []
 
         def replace(node: Node, inputs: list[Value], builder: GraphBuilder):
             if node not in chosen:
                 return None
-            how, result = _QUANTIZERS[self.mode](builder, graph, node, inputs, ranges.get(node.inputs[0]))
+            quantizers = CONV_QUANTIZERS if node.op == "conv" else _QUANTIZERS
+            how, result = quantizers[self.mode](builder, graph, node, inputs, ranges.get(node.inputs[0]))
+            how = how.replace("{observer}", self.observer)
             quantized.append(QuantizedNode(print_node(node, names), how))
             return result
 
         result = PruneDeadNodes().run(map_nodes(graph, replace))
         measured = calibration or list(self.example_inputs or ())
-        where = (
-            f"{len(measured)} {'calibration' if calibration else 'example'} input set(s)" if measured else "no inputs"
-        )
+        kind = "calibration" if calibration else "example"
+        if not measured and quantized:  # the report always gives the error: on random inputs when none are given
+            measured, kind = list(random_input_sets(graph, 1)), "random normal (no example or calibration inputs)"
+        where = f"{len(measured)} {kind} input set(s)" if measured else "no inputs"
         accuracy = measure_accuracy(graph, result, measured) if measured else ()
         report = QuantizationReport(self.mode, tuple(quantized), tuple(kept), where, accuracy)
         if self.reports is not None:
@@ -204,17 +225,23 @@ def choose(
     """The nodes to quantize, and the float contractions kept with their reasons."""
     names = value_names(graph)
     contractions = [n for n in graph.nodes if get_op(n.op).kind == OpKind.CONTRACTION and n.op != "fused"]
-    ends = {contractions[0], contractions[-1]} if keep_first_last and contractions else set()
+    ends = set()
+    if keep_first_last and contractions:
+        ends |= {contractions[0]} if reads_raw_input(graph, contractions[0]) else set()
+        ends |= {contractions[-1]} if makes_outputs(graph, contractions[-1]) else set()
     chosen, kept = set(), []
     for node in contractions:
         if node.output.type.dtype != DType.f32:
             continue
-        if node.op not in CANDIDATE_OPS:
-            reason = f"{node.op}: no int8 form in this pass yet (matmul and gemm are quantized)"
-        elif weight_of(graph, node) is None:
+        if node.op not in (*CANDIDATE_OPS, "conv"):
+            reason = f"{node.op}: no int8 form in this pass yet (matmul, gemm and conv are quantized)"
+        elif node.op == "conv" and (conv_reason := conv_kept_reason(graph, node)) is not None:
+            reason = conv_reason
+        elif node.op != "conv" and weight_of(graph, node) is None:
             reason = "its weight is not a 2-D constant (activation x activation, e.g. attention scores)"
         elif node in ends:
-            reason = "first or last contraction of the model (keep_first_last): it sees raw inputs or makes logits"
+            which = "it reads raw inputs" if node is contractions[0] else "it makes the outputs"
+            reason = f"first or last contraction of the model (keep_first_last): {which}"
         elif node.op in keep_ops:
             reason = "user policy: keep_ops names this op"
         elif node.source in keep_nodes:
@@ -224,18 +251,6 @@ def choose(
             continue
         kept.append(KeptContraction(print_node(node, names), node.op, reason))
     return chosen, kept
-
-
-def observe_ranges(graph: Graph, values: Sequence[Value], calibration: Sequence[Any]) -> dict[Value, tuple]:
-    """Min-max observer: each value's (min, max) over all calibration sets."""
-    ranges: dict[Value, tuple[float, float]] = {}
-    for inputs in calibration:
-        env = run_all(graph, inputs)
-        for value in values:
-            low, high = float(np.min(env[value])), float(np.max(env[value]))
-            old = ranges.get(value, (low, high))
-            ranges[value] = (min(low, old[0]), max(high, old[1]))
-    return ranges
 
 
 # -- rewriting ----------------------------------------------------------------------------------
@@ -275,28 +290,48 @@ def _tail(builder: GraphBuilder, node: Node, inputs: list[Value], product: Value
 
 def _weight_only(builder, graph, node, inputs, _range):
     q, scale = quantize_weight(weight_of(graph, node))
-    stored = q.T.copy() if node.op == "gemm" and node.attrs["trans_b"] else q
-    scale_shape = (-1, 1) if node.op == "gemm" and node.attrs["trans_b"] else (1, -1)
+    # Stored [K, N] whatever the float weight's layout (gemm's trans_b dropped): the GEMMs read B
+    # along N, so the dequantizing read that fusion puts in the GEMM (`fusion_groups`' weight
+    # prologue) loads consecutive bytes and scales (the CPU's vector loop, the GPU's staging).
     weight = builder.dequantize_linear(
-        builder.constant(stored, "w_int8"),
-        builder.constant(scale.reshape(scale_shape), "w_scale"),
+        builder.constant(q, "w_int8"), builder.constant(scale.reshape(1, -1), "w_scale"),
         builder.constant(np.int8(0), "zero_i8"),
-    )
-    rebuilt = builder.op(node.op, inputs[0], weight, *inputs[2:], source=node.source, **node.attrs)
+    )  # fmt: skip
+    attrs = {**node.attrs, "trans_b": False} if node.op == "gemm" else node.attrs
+    rebuilt = builder.op(node.op, inputs[0], weight, *inputs[2:], source=node.source, **attrs)
     return "int8 weight per output channel, dequantized where read; f32 activations", rebuilt
+
+
+def absolute_peak(builder: GraphBuilder, x: Value, axes: tuple[int, ...]) -> Value:
+    """max |x| over `axes` (kept), as max(max(x), -min(x)): equal for every x (nan propagates through
+    both), but written so, the two reductions read x itself and fusion gives them and x's
+    quantization one kernel (an `abs` node of its own would join the producer's kernel and write |x|
+    to memory for the reduction to read back)."""
+    highest = builder.max(x, axes=axes, keepdims=True)
+    return builder.maximum(highest, builder.neg(builder.min(x, axes=axes, keepdims=True)))
 
 
 def _dynamic(builder, graph, node, inputs, _range):
     q, w_scale = quantize_weight(weight_of(graph, node))
     x = inputs[0]
-    peak = builder.max(builder.abs(x), axes=(x.type.rank - 1,), keepdims=True)
+    peak = absolute_peak(builder, x, (x.type.rank - 1,))
     x_scale = builder.div(peak, builder.constant(np.float32(127), "int8_max"))
-    qx = builder.quantize_linear(x, x_scale, builder.constant(np.int8(0), "zero_i8"))
-    accumulated = builder.op("matmul_integer", qx, builder.constant(q, "w_int8"), source=node.source)
+    # Symmetric int8 stored as uint8 with zero point 128: |x / s_x| <= 127, so the codes are the int8
+    # ones plus 128 and the i32 product is the same bit for bit; but the int8 GEMM (u8 x s8 `vpdpbusd`)
+    # then reads four activation bytes as one 32-bit load instead of widening and shifting each byte.
+    point = builder.constant(np.uint8(128), "zero_128")
+    qx = builder.quantize_linear(x, x_scale, point)
+    accumulated = builder.op(
+        "matmul_integer", qx, builder.constant(q, "w_int8"), point, builder.constant(np.int8(0), "zero_i8"),
+        source=node.source,
+    )  # fmt: skip
     real = builder.mul(
         builder.mul(builder.cast(accumulated, dtype=DType.f32), x_scale), builder.constant(w_scale, "w_scale")
     )
-    how = "int8 weight per output channel; activation int8 per row at run time (symmetric); i32 accumulation"
+    how = (
+        "int8 weight per output channel; activation int8 per row at run time (symmetric, stored as uint8 + 128); "
+        "i32 accumulation"
+    )
     return how, _tail(builder, node, inputs, real)
 
 
@@ -312,7 +347,7 @@ def _static(builder, graph, node, inputs, observed):
     real = builder.mul(builder.cast(accumulated, dtype=DType.f32), builder.constant(combined, "scale"))
     how = (
         f"int8 weight per output channel; activation uint8 per tensor, scale {float(x_scale):.4g} and zero point "
-        f"{int(x_point)} from calibration (min-max); i32 accumulation"
+        f"{int(x_point)} from calibration ({{observer}} observer); i32 accumulation"
     )
     return how, _tail(builder, node, inputs, real)
 

@@ -171,3 +171,52 @@ def test_compile_takes_int8_precisions_and_calibration_and_reports_in_stats():
         compiler.compile(graph, (x,), precision="int8-static")
     with pytest.raises(ValueError, match="calibration= is for int8"):
         compiler.compile(graph, (x,), calibration=[(x,)])
+
+
+def _residual_block(norm: bool) -> ir.Graph:
+    """x (-> layer_norm) -> matmul -> gelu -> matmul -> + x: a transformer MLP on its own."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder("block")
+    x = b.input("x", (6, 16), DType.f32)
+    h = (
+        b.layer_norm(x, b.constant(np.ones(16, np.float32), "g"), b.constant(np.zeros(16, np.float32), "s"))
+        if norm
+        else x
+    )
+    h = b.gelu(b.matmul(h, b.constant(rng.standard_normal((16, 32)).astype(np.float32), "w1")))
+    return b.build(b.add(b.matmul(h, b.constant(rng.standard_normal((32, 16)).astype(np.float32), "w2")), x))
+
+
+@pytest.mark.parametrize(("norm", "kept"), [(True, 0), (False, 1)])
+def test_keep_first_last_keeps_the_stem_on_raw_inputs_and_the_head_only(norm, kept):
+    """The first contraction is kept only when it reads a graph input (a stem), the last only when it
+    makes an output (a head): a block whose first reads a norm and whose last adds to the residual
+    stream is quantized whole, as ONNX Runtime's quantize_dynamic does."""
+    _, report = quantize(_residual_block(norm), "dynamic")
+    assert len(report.kept) == kept and len(report.quantized) == 2 - kept
+    assert all("reads raw inputs" in k.reason for k in report.kept)
+    graph, _ = mlp([8, 16, 4], 3, 0, [False, True])  # x -> matmul + bias -> relu -> gemm: stem and head
+    _, report = quantize(graph, "dynamic")
+    assert sorted(k.reason.split(": ")[-1] for k in report.kept) == ["it makes the outputs", "it reads raw inputs"]
+
+
+def test_dynamic_activations_are_uint8_codes_and_their_quantization_is_one_kernel():
+    """Dynamic int8 stores the symmetric codes as uint8 + 128 (the int8 GEMM then loads four bytes as one
+    word) and takes max |x| as max(max(x), -min(x)), so that fusion puts both reductions and the
+    quantize_linear in one kernel and no |x| is written to memory."""
+    from passes import PassManager
+    from passes.pipelines import default_pipeline
+
+    graph = _residual_block(norm=True)
+    quantized, _ = quantize(graph, "dynamic")
+    integer = [n for n in quantized.nodes if n.op == "matmul_integer"]
+    assert [n.inputs[0].type.dtype for n in integer] == [DType.u8, DType.u8]
+    points = [quantized.constants[quantized.producers[n.inputs[2]].attrs["name"]] for n in integer]
+    assert all(p.dtype == np.uint8 and int(p) == 128 for p in points)
+    fused = PassManager(default_pipeline("cpu", 2, precision="int8-dynamic")).run(graph)
+    bodies = [{n.op for n in node.attrs["body"].nodes} for node in fused.nodes if node.op == "fused"]
+    assert not any("abs" in ops for ops in bodies)
+    quantizing = [ops for ops in bodies if "quantize_linear" in ops]
+    assert len(quantizing) == 2 and all({"max", "min"} <= ops for ops in quantizing)
+    x = np.random.default_rng(6).standard_normal((6, 16)).astype(np.float32)
+    np.testing.assert_array_equal(ir.run(fused, [x])[0], ir.run(quantized, [x])[0])

@@ -181,3 +181,43 @@ def test_the_assembly_multiplies_with_vpdpbusd_on_zmm_registers():
     compiled = compiler.compile(_graph((24, 64), 128, DType.i8, None), target="cpu", threads=1)
     assembly = compile_module(compiled.program.code["llvm_ir"]).assembly
     assert re.search(r"vpdpbusd\s+[^\n]*zmm", assembly), "no 512-bit vpdpbusd in the int8 GEMM"
+
+
+# -- weights packed at compile time --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("depth", "columns", "width"), [(1, 1, 1), (7, 5, 5), (13, 130, 64), (64, 64, 64)])
+def test_unpack_bytes_inverts_pack_bytes(depth, columns, width):
+    from ir.ops.quantization import pack_bytes, unpack_bytes
+
+    matrix = _RNG.integers(-128, 128, (depth, columns)).astype(np.int8)
+    words = pack_bytes(matrix, width)
+    assert words.dtype == np.int32 and words.shape == (-(-columns // width), -(-depth // 4), width)
+    np.testing.assert_array_equal(unpack_bytes(words, dtype=DType.i8, shape=(depth, columns)), matrix)
+
+
+@pytest.mark.parametrize(("shape_a", "n", "zero_point"), [((50, 130), 200, None), ((7, 13), 19, "row")])
+def test_the_cpu_reads_weights_packed_at_compile_time(shape_a, n, zero_point):
+    """The layout pass stores B as i32 words; the kernel loads them (no per-block packing left) and
+    the result is the unpacked graph's, bit for bit."""
+    graph = _graph(shape_a, n, DType.i8, zero_point)
+    compiled = compiler.compile(graph, target="cpu", threads=2)
+    (integer,) = [n for f in compiled.graph.nodes if f.op == "fused" for n in f.attrs["body"].nodes
+                  if n.op == "matmul_integer"]  # fmt: skip
+    assert integer.attrs["packed_columns"] == n and integer.inputs[1].type.dtype == DType.i32
+    kernel = print_kernel(lower_graph(compiled.graph, fuse=False)[1][0])
+    assert "in_w_words" in kernel and not re.search(r"\bt\d+\[[^\]]*\] = w\d+", kernel), "B still packed per block"
+    inputs = _inputs(graph)
+    np.testing.assert_array_equal(np.asarray(compiled(*inputs)), run(graph, inputs)[0])
+    np.testing.assert_array_equal(run(compiled.graph, inputs)[0], run(graph, inputs)[0])
+
+
+@pytest.mark.skipif(not codegen.host_has_vnni(), reason="the host has no AVX-512 VNNI")
+def test_unsigned_activation_words_are_whole_32_bit_loads():
+    """A u8 A's four bytes along K are one i32 load (LLVM merges the byte loads that `pack_bytes`
+    spells out), the form dynamic int8 gives its activations: a 6-row tile would otherwise load 24
+    bytes per group of four (an i8 A, shifted by +128 byte by byte, still does)."""
+    compiled = compiler.compile(_graph((24, 64), 128, DType.u8, "tensor"), target="cpu", threads=1)
+    assembly = compile_module(compiled.program.code["llvm_ir"]).assembly
+    byte_loads = re.findall(r"\bmov[sz]b", assembly)
+    assert len(byte_loads) <= 6, f"{len(byte_loads)} byte loads: A's words are assembled byte by byte"
