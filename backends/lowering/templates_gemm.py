@@ -28,6 +28,10 @@ size behind an `If` on the tile index, so full tiles carry no guards; the column
 a vectorized part (a multiple of 16 lanes), parts of 8 and 4 lanes, and a serial rest. Integer
 contractions accumulate with mul + add (there is no integer fma).
 
+A B stored in panels at compile time (`packed_columns`: a constant weight `passes.layout` stored
+[N / W, K, W]) is read in place, panel `j0 // W` at column `j0 % W`: the tiles take NR = W (or a
+divisor of W that the chooser picks) and never copy a panel at run time, whatever `pack_b` says.
+
 Numerics: floats accumulate with one rounding per step (fma) in the compute dtype (f32 for
 f16/bf16), in the order k = 0, 1, ...; the interpreter's numpy matmul sums in another order, so
 results agree within a tolerance that grows with K.
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.lowering.expr import const, unflatten
+from backends.lowering.expr import const, i64, unflatten
 from backends.lowering.group import GroupLowering, compute_dtype
 from backends.lowering.indexing import broadcast_index
 from backends.lowering.panels import Blocking, TileAt, panel_blocks
@@ -180,6 +184,28 @@ class Contraction:
     """B's own packing (an implicit GEMM gathers windows of its input into the panel, with index
     arithmetic that reading B element by element would repeat per row tile); given, the panel
     is always packed, once per block of row tiles."""
+    b_panels: PanelB | None = None
+    """B stored as panels (`ir.ops.contraction.pack_panels`, a weight `passes.layout` packed):
+    read in place, a tile's columns being within one stored panel (`b` reads them too, by index)."""
+
+
+@dataclass(frozen=True)
+class PanelB:
+    """B stored [P, K, width]: `at(batch index, panel, k, column within the panel)`."""
+
+    width: int
+    at: Callable[[Sequence[Expr], Expr, Expr, Expr], Expr]
+
+    def element(self, batch_index: Sequence[Expr], k: Expr, j: Expr) -> Expr:
+        """B(batch, k, j) by index arithmetic: for a reader that does not go panel by panel."""
+        return self.at(batch_index, j // self.width, k, j % self.width)
+
+
+def _panel_columns(nr: int, width: int, n: int) -> int:
+    """The tile width that reads B's panels of `width` in place: the chooser's NR when a whole
+    number of its tiles make a panel (the layout's 64 = AVX-512's NR, or 4 of AVX2's 16), else
+    the panel's own width (or all of a narrower N)."""
+    return nr if width % nr == 0 else min(width, n)
 
 
 def _multiply_add(a: Expr, b: Expr, acc: Expr) -> Expr:
@@ -200,6 +226,9 @@ def contraction_loops(lowering: GroupLowering, problem: Contraction) -> list[Stm
         return []  # an empty result: nothing to write
     tiles = tile_chooser(shape)
     mr, nr = min(tiles.mr, shape.m), min(tiles.nr, shape.n)
+    if problem.b_panels is not None:  # packed at compile time: no copy at run time
+        nr = _panel_columns(nr, problem.b_panels.width, shape.n)
+        tiles = dataclasses.replace(tiles, pack_b=False)
     row_tiles, col_panels = -(-shape.m // mr), -(-shape.n // nr)
     if problem.pack is not None:
         # A gathered panel costs more than a copied one: share it among all the row tiles (up to
@@ -212,8 +241,15 @@ def contraction_loops(lowering: GroupLowering, problem: Contraction) -> list[Stm
     def panel_of(batch_index: Sequence[Expr], j0: Expr, cols: int) -> tuple[list[Stmt], TileAt]:
         """B packed (or read in place) for a panel `cols` wide, and its row tiles."""
         statements: list[Stmt] = []
-        if panel is None:
-            b_at: BColumn = lambda k, jj: problem.b(batch_index, k, j0 + jj)
+        if problem.b_panels is not None:
+            width, read = problem.b_panels.width, problem.b_panels.at
+            if shape.n <= width:  # one stored panel
+                stored, offset = i64(0), j0
+            else:  # nr divides the width (`_panel_columns`): a tile's columns lie in one panel
+                stored, offset = j0 // width, (j0 % width if nr < width else None)
+            b_at: BColumn = lambda k, jj: read(batch_index, stored, k, jj if offset is None else offset + jj)
+        elif panel is None:
+            b_at = lambda k, jj: problem.b(batch_index, k, j0 + jj)
         elif problem.pack is not None:
             statements += problem.pack(batch_index, j0, cols, panel)
             b_at = lambda k, jj: Load(panel, k * cols + jj)
@@ -334,8 +370,11 @@ def _matmul(lowering: GroupLowering, node: Node) -> Contraction:
     a, b = node.inputs
     (y,) = node.outputs
     dtype = compute_dtype(y.type.dtype)
+    panels = _panels(lowering, node)
     a_shape = a.type.shape if a.type.rank > 1 else (1, *a.type.shape)
     b_shape = b.type.shape if b.type.rank > 1 else (*b.type.shape, 1)
+    if panels is not None:
+        b_shape = (b.type.shape[1], node.attrs["packed_columns"])
     batch = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
 
     def operand(value, shape) -> Operand:
@@ -352,7 +391,16 @@ def _matmul(lowering: GroupLowering, node: Node) -> Contraction:
         return lowering.store(y, out, acc)
 
     shape = GemmShape(math.prod(batch), a_shape[-2], b_shape[-1], a_shape[-1], dtype)
-    return Contraction(shape, batch, operand(a, a_shape), operand(b, b_shape), write)
+    b_at = operand(b, b_shape) if panels is None else panels.element
+    return Contraction(shape, batch, operand(a, a_shape), b_at, write, b_panels=panels)
+
+
+def _panels(lowering: GroupLowering, node: Node) -> PanelB | None:
+    """B of a matmul/gemm with packed_columns: panels [P, K, W] read by (panel, k, column)."""
+    if not node.attrs["packed_columns"]:
+        return None
+    b = node.inputs[1]
+    return PanelB(b.type.shape[2], lambda _, panel, k, jj: lowering.compute(b, [panel, k, jj]))
 
 
 def _gemm(lowering: GroupLowering, node: Node) -> Contraction:
@@ -378,6 +426,10 @@ def _gemm(lowering: GroupLowering, node: Node) -> Contraction:
     def b_at(_: Sequence[Expr], k: Expr, j: Expr) -> Expr:
         return lowering.compute(b, [j, k] if attrs["trans_b"] else [k, j])
 
+    panels = _panels(lowering, node)
+    if panels is not None:
+        b_at = panels.element
+
     def write(_: Sequence[Expr], i: Expr, j: Expr, acc: Expr) -> list[Stmt]:
         index = _row_major(i, j, columns, y.type.shape)
         result = acc.cast(scale_dtype)
@@ -390,7 +442,7 @@ def _gemm(lowering: GroupLowering, node: Node) -> Contraction:
         return lowering.store(y, index, result)
 
     shape = GemmShape(1, rows, columns, depth, dtype)
-    return Contraction(shape, (), a_at, b_at, write)
+    return Contraction(shape, (), a_at, b_at, write, b_panels=panels)
 
 
 def _row_major(row: Expr, column: Expr, width: int, shape: Sequence[int]) -> Sequence[Expr]:

@@ -31,7 +31,36 @@ def _dims(shape: Shape) -> str:
 # --- matmul -------------------------------------------------------------------------------------
 
 
-def _infer_matmul(a: TensorType, b: TensorType) -> TensorType:
+def _unpanelled(b: TensorType, packed_columns: int) -> TensorType:
+    """The [K, N] matrix that panels b [P, K, W] hold when `packed_columns` = N (`unpack_panels`)."""
+    require(b.rank == 3, f"packed_columns: b must be panels [P, K, W], got {b}")
+    panels, depth, width = b.shape
+    require(
+        width >= 1 and panels == -(-packed_columns // width),
+        f"packed_columns: b {b} does not hold {packed_columns} columns in panels of {width}",
+    )
+    return TensorType((depth, packed_columns), b.dtype)
+
+
+def pack_panels(matrix: np.ndarray, width: int) -> np.ndarray:
+    """A [K, N] matrix as panels [ceil(N / W), K, W]: panel p holds columns p * W .. p * W + W - 1,
+    row after row, zeros past N (the CPU GEMM's B layout: one panel is one contiguous K x W block)."""
+    depth, columns = matrix.shape
+    panels = -(-columns // width)
+    padded = np.zeros((depth, panels * width), matrix.dtype)
+    padded[:, :columns] = matrix
+    return np.ascontiguousarray(padded.reshape(depth, panels, width).transpose(1, 0, 2))
+
+
+def unpack_panels(panels: np.ndarray, columns: int) -> np.ndarray:
+    """`pack_panels`' inverse: the [K, N] matrix (N = `columns`) that panels [P, K, W] hold."""
+    count, depth, width = panels.shape
+    return np.ascontiguousarray(panels.transpose(1, 0, 2).reshape(depth, count * width)[:, :columns])
+
+
+def _infer_matmul(a: TensorType, b: TensorType, *, packed_columns: int = 0) -> TensorType:
+    if packed_columns:
+        b = _unpanelled(b, packed_columns)
     dtype = same_dtype("matmul", a, b)
     require(a.rank >= 1 and b.rank >= 1, f"matmul: operands must have rank >= 1, got {a} and {b}")
     k_a = a.shape[-1]
@@ -56,16 +85,26 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b))
 
 
+def _matmul(a: np.ndarray, b: np.ndarray, *, packed_columns: int = 0) -> np.ndarray:
+    return matmul(a, unpack_panels(b, packed_columns) if packed_columns else b)
+
+
+PACKED_COLUMNS = Attr("packed_columns", AttrKind.INT, 0)
+"""On matmul and gemm: 0, or N with b a [K, N] matrix stored as `pack_panels` panels [P, K, W]
+(`passes.layout` stores constant weights so for the CPU's GEMM, which reads a panel in place)."""
+
 register(
     OpDef(
         "matmul",
         OpKind.CONTRACTION,
         ("a", "b"),
         _infer_matmul,
-        matmul,
+        _matmul,
+        attrs=(PACKED_COLUMNS,),
         dtypes=MATMUL_DTYPES,
         flops=_matmul_flops,
-        doc="a @ b with numpy semantics: 1-D operands are vectors, leading (batch) dimensions broadcast",
+        doc="a @ b with numpy semantics: 1-D operands are vectors, leading (batch) dimensions broadcast; with "
+        "packed_columns = N, b is a [K, N] matrix stored as panels [P, K, W] (`pack_panels`, the CPU's layout)",
     )
 )
 
@@ -82,7 +121,11 @@ def _infer_gemm(
     trans_b: bool,
     alpha: float,
     beta: float,
+    packed_columns: int = 0,
 ) -> TensorType:
+    if packed_columns:
+        require(not trans_b, f"gemm: packed_columns stores b [K, N] as panels: trans_b must be false, got {b}")
+        b = _unpanelled(b, packed_columns)
     dtype = same_dtype("gemm", a, b, *([c] if c is not None else []))
     require_rank("gemm", b, 2, "b")
     if trans_a:
@@ -111,7 +154,10 @@ def _gemm(
     trans_b: bool,
     alpha: float,
     beta: float,
+    packed_columns: int = 0,
 ) -> np.ndarray:
+    if packed_columns:
+        b = unpack_panels(b, packed_columns)
     result = matmul(a.T if trans_a else a, b.T if trans_b else b)
     # Multiplying by a scale of exactly 1 is skipped so that integer gemm stays integer.
     if alpha != 1.0:
@@ -139,11 +185,13 @@ register(
             Attr("trans_b", AttrKind.BOOL, False),
             Attr("alpha", AttrKind.FLOAT, 1.0),
             Attr("beta", AttrKind.FLOAT, 1.0),
+            PACKED_COLUMNS,
         ),
         dtypes=MATMUL_DTYPES,
         flops=_gemm_flops,
         doc="alpha * (op(a) @ op(b)) + beta * c; a is [..., K] (or [K, M] with trans_a), b [K, N] (or [N, K] "
-        "with trans_b); linear(x, w, bias) is gemm(x, w, bias){trans_b=true}",
+        "with trans_b; or panels [P, K, W] of a [K, N] with packed_columns = N, as `matmul`); linear(x, w, bias) is "
+        "gemm(x, w, bias){trans_b=true}",
     )
 )
 

@@ -122,3 +122,75 @@ def test_convolution_weights_are_left_as_stored():
     y = builder.conv_transpose(builder.conv(x, weight, pads=(1, 1, 1, 1)), up, strides=(2, 2))
     graph = builder.build(y)
     assert str(LAYOUT.run(graph)) == str(graph)
+
+
+# -- float weights in panels ------------------------------------------------------------------------
+
+
+def _packed_readers(graph: ir.Graph) -> list[ir.Node]:
+    return [node for node in graph.nodes if node.op in ("gemm", "matmul") and node.attrs["packed_columns"]]
+
+
+@st.composite
+def wide_weight_graphs(draw):
+    """x @ W with W a constant [K, N] (or [N, K] read transposed) up to 3 panels wide: matmul (maybe
+    with a batched x), gemm{trans_b} with bias and scales, a bf16 cast of W, a second reader of W."""
+    rows, depth = draw(st.integers(1, 7)), draw(st.integers(1, 9))
+    columns = draw(st.integers(1, 200))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    builder = GraphBuilder("wide")
+    batch = draw(st.sampled_from([(), (2,), (2, 1)]))
+    x = builder.input("x", (*batch, rows, depth), DType.f32)
+    transposed = draw(st.booleans())
+    data = rng.standard_normal((columns, depth) if transposed else (depth, columns)).astype(np.float32)
+    weight = builder.constant(data, "w")
+    low = draw(st.booleans())
+    if low:
+        x = builder.cast(x, dtype=DType.bf16)
+
+    def read(value):  # B of a matmul: W, or W's transpose (stored [N, K]), maybe cast to bf16
+        value = builder.transpose(value, perm=(1, 0)) if transposed else value
+        return builder.cast(value, dtype=DType.bf16) if low else value
+
+    if draw(st.booleans()):
+        alpha, beta = draw(st.sampled_from([(1.0, 1.0), (0.5, 2.0)]))
+        bias = builder.cast(builder.constant(rng.standard_normal(columns).astype(np.float32), "b"), dtype=x.type.dtype)
+        b = builder.cast(weight, dtype=DType.bf16) if low else weight
+        y = builder.gemm(x, b, bias, trans_b=transposed, alpha=alpha, beta=beta)
+    else:
+        y = builder.matmul(x, read(weight))
+    outputs = [y, builder.relu(builder.matmul(x, read(weight)))]
+    if draw(st.booleans()):  # W also read as it is: it must stay for that reader
+        outputs.append(builder.sum(weight, axes=(0,), keepdims=False))
+    return builder.build(*outputs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(wide_weight_graphs())
+def test_weights_wider_than_a_panel_are_stored_in_panels_and_compute_the_same(graph):
+    from ir.ops.contraction import unpack_panels
+    from passes.layout import FLOAT_PANEL
+
+    after = LAYOUT.run(graph)
+    ir.verify(after)
+    assert_equivalent(graph, after)  # exact: the interpreter unpacks the panels, the same numbers
+    columns = graph.outputs[0].type.shape[-1]
+    packed = _packed_readers(after)
+    assert len(packed) == (2 if columns > FLOAT_PANEL else 0), ir.print_graph(after, max_constant_elements=0)
+    panels = [after.constants[n.attrs["name"]] for n in after.nodes if n.op == "const" and n.output.type.rank == 3]
+    # one per weight and way it is read (W itself, a transpose of W: two [K, N] constants)
+    assert len(panels) <= 2 and bool(panels) == bool(packed)
+    depth = graph.inputs[0].type.shape[-1]
+    for stored in panels:
+        assert stored.shape == (-(-columns // FLOAT_PANEL), depth, FLOAT_PANEL)
+        np.testing.assert_array_equal(stored[-1, :, columns % FLOAT_PANEL or FLOAT_PANEL :], 0)  # zero padding
+        assert unpack_panels(stored, columns).shape == (depth, columns)
+    assert str(LAYOUT.run(after)) == str(after)  # idempotent
+
+
+def test_panels_can_be_switched_off():
+    builder = GraphBuilder("wide")
+    x = builder.input("x", (2, 3), DType.f32)
+    graph = builder.build(builder.matmul(x, builder.constant(np.ones((3, 100), np.float32), "w")))
+    assert _packed_readers(make_pass("layout").run(graph))
+    assert parse_pipeline("layout{panels=false}")[0].run(graph) is graph

@@ -5,6 +5,7 @@ that grows with K; the epilogue stays in the kernel; the assembly holds vector F
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 
@@ -16,7 +17,7 @@ import ir
 from backends.lowering import templates_gemm
 from backends.lowering.templates_gemm import GemmShape, GemmTiles, choose_tiles, override_tiles
 from ir import DType, GraphBuilder
-from ir.loop import Binary, Call, For, Kernel, LoopKind, run_kernel
+from ir.loop import Binary, Call, Cast, For, If, Kernel, Load, LoopKind, Store, run_kernel
 from tests.backends.lowering import lowered
 from tests.backends.lowering.lowered import lower_graph, run_lowered
 
@@ -272,7 +273,7 @@ def test_a_linear_with_a_constant_weight_is_relaid_and_matches():
     w = _random((96, 200), DType.f32)
     graph = builder.build(builder.gemm(x, builder.constant(w, "w"), trans_b=True))
     compiled = compiler.compile(graph, target="cpu")
-    assert "w_kn" in compiled.graph.constants  # the layout pass stored it [K, N]
+    assert "w_kn_panels" in compiled.graph.constants  # the layout pass stored it [K, N], in panels of 64
     inputs = _inputs(graph)
     magnitudes = np.abs(inputs[0]).astype(np.float64) @ np.abs(w).astype(np.float64).T
     _assert_product_close(compiled(*inputs), graph, inputs, 200, magnitudes)
@@ -312,3 +313,123 @@ def test_a_gemm_eight_columns_wide_uses_ymm_fmas():
     assembly = compile_module(emit_module(kernels, "gemm")).assembly
     fmas = re.findall(r"vfmadd\d+ps\s+[^\n]*%ymm", assembly)
     assert len(fmas) >= 6, f"{len(fmas)} ymm FMAs in:\n{assembly[:3000]}"
+
+
+# -- B stored in panels at compile time (`passes.layout`, `packed_columns`) ------------------------
+
+
+def _panel_graph(a_shape, depth: int, columns: int, width: int, *, op: str = "matmul", low: bool = False):
+    """a @ W with W [depth, columns] stored as panels of `width` (maybe read through a bf16 cast);
+    gemm adds a bias and scales. Returns the graph and W itself."""
+    from ir.ops.contraction import pack_panels
+
+    builder = GraphBuilder("panels")
+    a = builder.input("a", a_shape, DType.f32)
+    weight = _random((depth, columns), DType.f32)
+    b = builder.constant(pack_panels(weight, width), "w_panels")
+    if low:
+        a, b = builder.cast(a, dtype=DType.bf16), builder.cast(b, dtype=DType.bf16)
+    if op == "gemm":
+        bias = builder.cast(builder.constant(_random((columns,), DType.f32), "bias"), dtype=a.type.dtype)
+        y = builder.gemm(a, b, bias, alpha=0.5, beta=2.0, packed_columns=columns)
+    else:
+        y = builder.matmul(a, b, packed_columns=columns)
+    return builder.build(builder.cast(y, dtype=DType.f32) if low else y), weight
+
+
+PANEL_CASES = [  # a, K, N, stored width: tiles of 16 (TINY)
+    ((5, 3), 3, 37, 16, "matmul"),  # tile = panel; a last panel 5 wide (zero-padded to 16)
+    ((7, 4), 4, 45, 32, "matmul"),  # two tiles per stored panel: the second at an offset
+    ((3, 5), 5, 50, 24, "gemm"),  # 24 is no multiple of 16: the tiles take the panel's width
+    ((2, 3, 4), 4, 10, 16, "matmul"),  # a batch of A; N narrower than the one panel
+    ((4, 6), 6, 33, 16, "gemm"),
+]
+
+
+@pytest.mark.parametrize("schedule", ["tile", "packed", "registers"])
+@pytest.mark.parametrize("a_shape, depth, columns, width, op", PANEL_CASES)
+def test_panels_read_in_place_in_the_interpreter(a_shape, depth, columns, width, op, schedule):
+    graph, weight = _panel_graph(a_shape, depth, columns, width, op=op)
+    inputs = _inputs(graph)
+    with override_tiles(lambda shape: SCHEDULES[schedule]):
+        (got,) = run_lowered(graph, inputs)
+        _, kernels = lower_graph(graph)
+    magnitudes = np.abs(inputs[0]).astype(np.float64) @ np.abs(weight).astype(np.float64)
+    if op == "gemm":
+        bias = graph.constants["bias"].astype(np.float64)
+        magnitudes = 0.5 * magnitudes + 2.0 * np.abs(bias)
+    _assert_product_close(got, graph, inputs, depth, magnitudes)
+    if op == "matmul":  # the reference unpacks W: the plain product
+        (plain,) = ir.run(graph, inputs, oracle=True)
+        np.testing.assert_allclose(plain, inputs[0].astype(np.float64) @ weight.astype(np.float64), rtol=1e-12)
+    # no panel of B copied at run time, even when the tiles ask for it ("packed")
+    assert not [store for kernel in kernels for store in _copies(kernel)]
+
+
+def test_a_panel_copy_is_seen_where_b_is_not_stored_in_panels():
+    """`_copies` finds the run-time copy that `test_panels_read_in_place_in_the_interpreter` rules out."""
+    graph = _matmul_graph((7, 4), (4, 45))
+    with override_tiles(lambda shape: SCHEDULES["packed"]):
+        _, kernels = lower_graph(graph)
+    assert [store for kernel in kernels for store in _copies(kernel)]
+
+
+def _copies(kernel: Kernel) -> list[Store]:
+    """Stores into a local buffer of an element loaded from a parameter (maybe cast): a panel copy."""
+    params, found = set(kernel.params), []
+
+    def visit(node) -> None:
+        if isinstance(node, Store) and node.buffer not in params:
+            value = node.value.x if isinstance(node.value, Cast) else node.value
+            if isinstance(value, Load) and value.buffer in params:
+                found.append(node)
+        if isinstance(node, tuple):
+            for item in node:
+                visit(item)
+        elif isinstance(node, (For, If)):
+            visit(node.body if isinstance(node, For) else node.then + node.otherwise)
+
+    visit(kernel.body)
+    return found
+
+
+def test_panels_through_a_bf16_cast_in_the_interpreter():
+    graph, _ = _panel_graph((5, 7), 7, 40, 16, op="gemm", low=True)
+    inputs = _inputs(graph)
+    with override_tiles(lambda shape: TINY):
+        (got,) = run_lowered(graph, inputs)
+    (expected,) = ir.run(graph, inputs)
+    np.testing.assert_allclose(got, expected, rtol=2**-7, atol=2**-7 * 7 * 4)
+
+
+def test_the_layout_panel_is_the_widest_tile_of_the_cost_model():
+    """passes.layout may not import the backend: its panel width is checked against the tiles here."""
+    from passes.layout import FLOAT_PANEL
+
+    assert FLOAT_PANEL == templates_gemm.MAX_VECTOR_LANES
+    assert choose_tiles(GemmShape(1, 256, 1000, 768, DType.f32), 512).nr == FLOAT_PANEL
+    assert FLOAT_PANEL % choose_tiles(GemmShape(1, 256, 1000, 768, DType.f32), 256).nr == 0
+
+
+@pytest.mark.parametrize("low, isa", [(False, None), (True, None), (False, "avx2")])
+def test_a_wide_constant_weight_is_stored_in_panels_and_matches_on_the_cpu(low, isa):
+    """On AVX2 the tiles are 16 wide: four of them read one stored panel of 64, at offsets."""
+    from runtime.cpu import limit_isa
+
+    builder = GraphBuilder("linear")
+    x = builder.input("x", (37, 40), DType.f32)
+    w = _random((150, 40), DType.f32)
+    weight = builder.constant(w, "w")
+    if low:
+        x, weight = builder.cast(x, dtype=DType.bf16), builder.cast(weight, dtype=DType.bf16)
+    y = builder.gemm(x, weight, trans_b=True)
+    graph = builder.build(builder.cast(y, dtype=DType.f32) if low else y)
+    with limit_isa(isa) if isa else contextlib.nullcontext():
+        compiled = compiler.compile(graph, target="cpu")
+    panels = [a for a in compiled.graph.constants.values() if a.ndim == 3]
+    assert [p.shape for p in panels] == [(3, 40, 64)]  # two panels of 64 and one of 22, zero-padded
+    inputs = _inputs(graph)
+    (expected,) = ir.run(graph, inputs, oracle=True)
+    magnitudes = np.abs(inputs[0]).astype(np.float64) @ np.abs(w).astype(np.float64).T
+    bound = 2 * 42 * 2.0**-24 * magnitudes + (2.0**-7 * (np.abs(expected) + magnitudes) * 2 if low else 0)
+    assert (np.abs(compiled(*inputs) - expected) <= bound + 1e-30).all()
