@@ -21,7 +21,7 @@ asynchronously).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from backends.cuda.epilogue_scatter import reshape_index
 from backends.cuda.gemm_staging import Element, Layout, OperandStage, plan_stage, unit_axis
@@ -46,6 +46,7 @@ from ir.loop import (
     Scope,
     Stmt,
     Store,
+    Var,
 )
 
 Compute = Callable[[Expr], list[Stmt]]
@@ -152,6 +153,20 @@ class BlockTile:
         return [*prologue, For(kt, k_steps, tuple(loop))]
 
     # -- the writes --------------------------------------------------------------------------------
+
+    def mma_accumulators(
+        self, frags_m: int, frags_n: int, warp_corner: tuple[Expr, Expr], group: Var, quad: Var
+    ) -> Iterator[tuple[int, int, int, Expr, Expr]]:
+        """(mi, ni, e, row, column) of every m16n8 accumulator register of a warp whose tile starts
+        at `warp_corner` (block-relative), by the PTX ISA's C fragment layout shared by the f16/bf16,
+        tf32 and int8 mma: register e of fragment (mi, ni) is at row `group` (+ 8 for e >= 2) and
+        column 2 * `quad` + e % 2."""
+        for mi in range(frags_m):
+            for ni in range(frags_n):
+                for e in range(4):
+                    row = warp_corner[0] + (mi * 16 + 8 * (e // 2)) + Ref(group)
+                    column = warp_corner[1] + (ni * 8 + e % 2) + Ref(quad) * 2
+                    yield mi, ni, e, row, column
 
     def write(self, i: Expr, j: Expr, acc: Expr) -> list[Stmt]:
         """The group's outputs at product element (i, j) of this block's batch, guarded at the

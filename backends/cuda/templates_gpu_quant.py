@@ -246,13 +246,10 @@ class Int8MmaKernel(BlockTile):
         if colsum is not None:
             sums = self.shared("colsums", DType.i32, t.bn)
             statements += [If(Ref(self.thread).lt(i64(t.bn)), (Store(sums, Ref(self.thread), Ref(colsum)),)), Barrier()]
-        for mi in range(frags_m):
-            for ni in range(frags_n):
-                for e in range(4):  # C fragment: rows group (+ 8 for e >= 2), columns 2 * quad + e % 2
-                    row = Ref(wm) * t.warp_m + (mi * 16 + 8 * (e // 2)) + Ref(group)
-                    column = Ref(wn) * t.warp_n + (ni * 8 + e % 2) + Ref(quad) * 2
-                    i, value = Ref(self.i0) + row, Ref(acc[mi][ni][e])
-                    if sums is not None:
-                        value = value - self.zero_point(i) * Load(sums, column)
-                    statements += self.write(i, Ref(self.j0) + column, value)
+        corner = (Ref(wm) * t.warp_m, Ref(wn) * t.warp_n)
+        for mi, ni, e, row, column in self.mma_accumulators(frags_m, frags_n, corner, group, quad):
+            i, value = Ref(self.i0) + row, Ref(acc[mi][ni][e])
+            if sums is not None:
+                value = value - self.zero_point(i) * Load(sums, column)
+            statements += self.write(i, Ref(self.j0) + column, value)
         return statements

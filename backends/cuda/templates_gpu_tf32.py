@@ -131,10 +131,7 @@ class Tf32Kernel(BlockTile):
             return [For(ks, t.bk // K_STEP, tuple(step), LoopKind.UNROLLED)]
 
         statements += self.pipeline([a_stage, b_stage], t.stages, t.bk, compute)
-        for mi in range(frags_m):
-            for ni in range(frags_n):
-                for e in range(4):  # C fragment: rows group (+ 8 for e >= 2), columns 2 * quad + e % 2
-                    row = Ref(wm) * t.warp_m + (mi * 16 + 8 * (e // 2)) + Ref(group)
-                    column = Ref(wn) * t.warp_n + (ni * 8 + e % 2) + Ref(quad) * 2
-                    statements += self.write(Ref(self.i0) + row, Ref(self.j0) + column, Ref(acc[mi][ni][e]))
+        corner = (Ref(wm) * t.warp_m, Ref(wn) * t.warp_n)
+        for mi, ni, e, row, column in self.mma_accumulators(frags_m, frags_n, corner, group, quad):
+            statements += self.write(Ref(self.i0) + row, Ref(self.j0) + column, Ref(acc[mi][ni][e]))
         return statements

@@ -44,7 +44,7 @@ from ir.loop import (
 from ir.loop.lockstep import launch_dims
 from passes import make_pass
 from runtime.cuda_emulator import emulator_unavailable
-from tests.backends.cuda.kernels import requires_nvrtc
+from tests.backends.cuda.kernels import requires_nvrtc, rewrite_statements
 from tests.backends.cuda.test_nvrtc import LOCAL_BYTES_PER_THREAD, REGISTERS_PER_SM, SHARED_BYTES_PER_BLOCK
 from tests.backends.lowering.lowered import assert_close
 
@@ -128,22 +128,6 @@ def _graph(dtype: DType) -> Graph:
     return builder.build(builder.matmul(x, w))
 
 
-def _rewrite(body, change):
-    """`body` with `change` applied to every statement (None drops it), recursively."""
-    kept = []
-    for stmt in body:
-        if isinstance(stmt, For):
-            stmt = dataclasses.replace(stmt, body=_rewrite(stmt.body, change))
-        elif isinstance(stmt, If):
-            stmt = dataclasses.replace(
-                stmt, then=_rewrite(stmt.then, change), otherwise=_rewrite(stmt.otherwise, change)
-            )
-        stmt = change(stmt)
-        if stmt is not None:
-            kept.append(stmt)
-    return tuple(kept)
-
-
 @pytest.mark.parametrize("dtype", [DType.f32, DType.f16], ids=str)
 def test_removing_a_barrier_is_a_race(dtype):
     graph = _graph(dtype)
@@ -156,7 +140,7 @@ def test_removing_a_barrier_is_a_race(dtype):
             return None
         return stmt
 
-    broken = dataclasses.replace(kernel, body=_rewrite(kernel.body, drop_first_barrier))
+    broken = dataclasses.replace(kernel, body=rewrite_statements(kernel.body, drop_first_barrier))
     assert removed
     with pytest.raises(RaceError, match=r"data race on [ab]_tile\d*\[\d+\] \(shared\)"):
         run_lockstep(broken, [*inputs, *outputs])
@@ -174,7 +158,7 @@ def test_a_fragment_element_in_the_wrong_place_gives_a_wrong_product():
             return dataclasses.replace(stmt, value=dataclasses.replace(stmt.value, args=(args[1], args[0], *args[2:])))
         return stmt
 
-    broken = dataclasses.replace(kernel, body=_rewrite(kernel.body, swap))
+    broken = dataclasses.replace(kernel, body=rewrite_statements(kernel.body, swap))
     wrong = [np.zeros_like(o) for o in outputs]
     run_lockstep(broken, [*inputs, *wrong])
     assert not np.array_equal(wrong[0], outputs[0])
@@ -306,7 +290,7 @@ def _without(kernel, drop):
             return None
         return stmt
 
-    changed = dataclasses.replace(kernel, body=_rewrite(kernel.body, change))
+    changed = dataclasses.replace(kernel, body=rewrite_statements(kernel.body, change))
     assert removed
     return changed
 
@@ -326,7 +310,7 @@ def _swap_a_elements(kernel):
             return dataclasses.replace(stmt, value=dataclasses.replace(stmt.value, args=(row, flipped)))
         return stmt
 
-    return dataclasses.replace(kernel, body=_rewrite(kernel.body, change))
+    return dataclasses.replace(kernel, body=rewrite_statements(kernel.body, change))
 
 
 def _wrong(kernel, inputs, expected) -> bool:

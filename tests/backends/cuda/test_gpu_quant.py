@@ -27,11 +27,11 @@ from backends.cuda.templates_gpu_mma import MmaTiles
 from backends.cuda.templates_gpu_quant import int8_gemm_template
 from backends.lowering.group import lower_group
 from ir import DType, Graph, GraphBuilder
-from ir.loop import Assign, Barrier, Call, For, If, RaceError, run_lockstep
+from ir.loop import Assign, Barrier, Call, For, RaceError, run_lockstep
 from passes import make_pass
 from passes.quantize import Quantize
 from runtime.cuda_emulator import emulator_unavailable
-from tests.backends.cuda.kernels import requires_nvrtc
+from tests.backends.cuda.kernels import requires_nvrtc, rewrite_statements
 from tests.backends.cuda.test_nvrtc import LOCAL_BYTES_PER_THREAD, REGISTERS_PER_SM, SHARED_BYTES_PER_BLOCK
 
 SMALL = MmaTiles(32, 16, 32, 2, 2, stages=1)
@@ -150,21 +150,6 @@ def test_the_quantize_passs_groups_take_the_int8_template():
 # -- lockstep: what the checks catch ----------------------------------------------------------------
 
 
-def _rewrite(body, change):
-    kept = []
-    for stmt in body:
-        if isinstance(stmt, For):
-            stmt = dataclasses.replace(stmt, body=_rewrite(stmt.body, change))
-        elif isinstance(stmt, If):
-            stmt = dataclasses.replace(
-                stmt, then=_rewrite(stmt.then, change), otherwise=_rewrite(stmt.otherwise, change)
-            )
-        stmt = change(stmt)
-        if stmt is not None:
-            kept.append(stmt)
-    return tuple(kept)
-
-
 def test_a_word_in_the_wrong_register_gives_a_wrong_product():
     """The lockstep MMA places each word by the PTX layout: swapping a lane's a0 and a1 (rows group
     and group + 8) or b0 and b1 (k and k + 16) must change the result."""
@@ -179,7 +164,7 @@ def test_a_word_in_the_wrong_register_gives_a_wrong_product():
             return stmt
 
         wrong = [np.zeros_like(o) for o in outputs]
-        run_lockstep(dataclasses.replace(kernel, body=_rewrite(kernel.body, swap)), [*inputs, *wrong])
+        run_lockstep(dataclasses.replace(kernel, body=rewrite_statements(kernel.body, swap)), [*inputs, *wrong])
         assert not np.array_equal(wrong[0], outputs[0])
 
 
@@ -193,7 +178,7 @@ def test_removing_the_barrier_after_staging_is_a_race():
             return None
         return stmt
 
-    broken = dataclasses.replace(kernel, body=_rewrite(kernel.body, drop_first_barrier))
+    broken = dataclasses.replace(kernel, body=rewrite_statements(kernel.body, drop_first_barrier))
     assert removed
     with pytest.raises(RaceError, match=r"data race on [ab]_words\d*\[\d+\] \(shared\)"):
         run_lockstep(broken, [*inputs, *outputs])
