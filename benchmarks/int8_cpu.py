@@ -168,6 +168,11 @@ def compare(case: str, module, inputs, threads: int, budget, ort_models_in_kiln:
             module, inputs, target="cpu", threads=threads, precision=mode,
             calibration=calibration if mode == "int8-static" else None,
         )  # fmt: skip
+    # What ORT's quantize_dynamic does: every linear, the model's first and last too (Kiln's policy
+    # keeps a first contraction that reads the input, and a last one that makes the output, in float).
+    runners["Kiln int8-dynamic, ends too"] = compiler.compile(
+        module, inputs, target="cpu", threads=threads, precision="int8-dynamic", keep_ends=False
+    )
     model = export_onnx(module, inputs)
     dynamic = ort_quantized(model)
     runners["ORT fp32"] = ort_session(model, threads)

@@ -188,6 +188,8 @@ def compile(
     precision: str = "fp32",
     calibration: Sequence[Sequence[Any]] | Calibration | None = None,
     observer: str | None = None,
+    keep_float: Sequence[str] = (),
+    keep_ends: bool = True,
     debug: bool = False,
     threads: int | None = None,
     arch: str | Sequence[str] | None = None,
@@ -201,7 +203,9 @@ def compile(
     "int8-static"; `calibration` is a list of input sets like `example_inputs` that static int8 takes its
     activation ranges from, by `observer` "minmax" (default), "percentile" or "entropy", or a
     `passes.observers.Calibration` with the sets and the observer's options; the int8 report is
-    `.stats["quantization"]`). `debug` verifies the graph
+    `.stats["quantization"]`; `keep_float` names ops ("conv", "matmul", ...) or nodes (by their source:
+    torch's file:line, the ONNX node name) int8 must leave in float, beside what the policy keeps:
+    softmax, norms and, while `keep_ends`, a model's first and last contraction). `debug` verifies the graph
     after every pass; `threads` sets the CPU target's worker count (default: up to the CPUs this
     process may use, and one, the calling thread, for a program whose first runs take only a few
     µs: `runtime.CpuExecutor`); `arch` the CUDA architectures to compile cubins for (default sm_80
@@ -222,6 +226,7 @@ def compile(
         steps = with_example_inputs(steps, imported, example_inputs)
     reports: list[Any] = []
     steps = with_calibration(steps, imported, calibration, reports, observer)
+    steps = with_float_kept(steps, keep_float, keep_ends)
     graph = PassManager(steps, instruments=[statistics], verify_each=debug).run(imported.graph)
     compiled = CompiledModel(imported, target, graph, {"passes": statistics.records})
     if reports:
@@ -314,6 +319,29 @@ def with_calibration(
     return [
         dataclasses.replace(step, calibration=sets, reports=reports, **options) if taken else step
         for step, taken in zip(steps, takes)
+    ]
+
+
+def with_float_kept(steps: list[Pass], keep_float: Sequence[str], keep_ends: bool) -> list[Pass]:
+    """The quantize pass told which ops and nodes the user keeps in float, and whether a model's
+    first and last contraction stay float too."""
+    if isinstance(keep_float, str):
+        keep_float = (keep_float,)
+    ops = tuple(name for name in keep_float if name in ir.OPS)
+    nodes = tuple(name for name in keep_float if name not in ir.OPS)
+    takes = ["keep_first_last" in {f.name for f in dataclasses.fields(step)} for step in steps]
+    if (keep_float or not keep_ends) and not any(takes):
+        raise ValueError("keep_float= and keep_ends= are for int8 precisions (precision='int8-...')")
+    return [
+        dataclasses.replace(
+            step,
+            keep_ops=(*step.keep_ops, *ops),
+            keep_nodes=(*step.keep_nodes, *nodes),
+            keep_first_last=step.keep_first_last and keep_ends,
+        )
+        if taken
+        else step
+        for step, taken in zip(steps, takes, strict=True)
     ]
 
 

@@ -56,6 +56,23 @@ def test_quantized_transformer_blocks_stay_close_to_fp32(name, precision):
     assert inside & {"matmul_integer", "dequantize_linear"}
 
 
+def test_a_user_keeps_ops_or_a_models_ends_in_float_or_quantizes_the_ends_too():
+    module, inputs = MODELS["mlp"]()  # its first linear reads the model's input: an end the policy keeps
+
+    def report(**options):
+        compiled = compiler.compile(module, inputs, target="reference", precision="int8-dynamic", **options)
+        return compiled.stats["quantization"]
+
+    default = report()
+    assert default.kept and all("keep_first_last" in k.reason for k in default.kept)
+    every = report(keep_ends=False)
+    assert len(every.quantized) == len(default.quantized) + len(default.kept) and not every.kept
+    kept = report(keep_ends=False, keep_float=("gemm",))
+    assert not kept.quantized and all("keep_ops" in k.reason for k in kept.kept)
+    with pytest.raises(ValueError, match="for int8 precisions"):
+        compiler.compile(module, inputs, target="reference", keep_float=("gemm",))
+
+
 @pytest.mark.parametrize("precision", ["int8-dynamic", "int8-static"])
 def test_quantized_encoder_on_the_cpu_equals_the_reference_target(precision):
     module, inputs = MODELS["transformer_encoder_layer"]()
