@@ -27,7 +27,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 
-from backends.cuda.codegen import dynamic_shared_bytes, emit_kernel
+from backends.cuda.codegen import emit_kernel
 from backends.cuda.nvrtc import (
     PRELUDE,
     CudaCompilationError,
@@ -39,6 +39,7 @@ from backends.cuda.nvrtc import (
     compile_cuda,
 )
 from backends.cuda.schedule import GpuKernel, schedule_group
+from backends.cuda.shared_memory import dynamic_shared_bytes
 from ir import Graph, KilnError, Node, Value
 from ir.loop import Kernel
 from ir.printer import graph_lines

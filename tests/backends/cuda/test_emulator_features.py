@@ -1,6 +1,6 @@
 """Dynamic shared memory through the whole CUDA path: the printer, the launch, NVRTC and the emulator.
 
-A kernel whose shared buffers pass `backends.cuda.codegen.STATIC_SHARED_LIMIT` (48 KiB) takes them
+A kernel whose shared buffers pass `backends.cuda.shared_memory.STATIC_SHARED_LIMIT` (48 KiB) takes them
 from the launch's dynamic shared memory. The row templates' buffers are small, so the tests lower
 the limit to 0 to send them that way, then check that NVRTC compiles the result (no static shared
 memory left in ptxas's report) and that the emulator runs it, race-free, to the interpreter's
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends.cuda.codegen
+import backends.cuda.shared_memory
 import compiler
 import ir
 from backends.cuda.program import resources
@@ -40,7 +40,7 @@ def dynamic_rows():
 
     x = torch.randn(2, 4096, generator=torch.Generator().manual_seed(0))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backends.cuda.codegen, "STATIC_SHARED_LIMIT", 0)
+        patch.setattr(backends.cuda.shared_memory, "STATIC_SHARED_LIMIT", 0)
         model = compiler.compile(Rows(), (x,), target="cuda", arch="sm_80")
     return model, [x.numpy()]
 

@@ -44,7 +44,7 @@ from ir.loop import (
 from ir.loop.lockstep import launch_dims
 from passes import make_pass
 from runtime.cuda_emulator import emulator_unavailable
-from tests.backends.cuda.kernels import requires_nvrtc, rewrite_statements
+from tests.backends.cuda.kernels import requires_nvrtc, rewrite_statements, without_first_barrier
 from tests.backends.cuda.test_nvrtc import LOCAL_BYTES_PER_THREAD, REGISTERS_PER_SM, SHARED_BYTES_PER_BLOCK
 from tests.backends.lowering.lowered import assert_close
 
@@ -132,16 +132,7 @@ def _graph(dtype: DType) -> Graph:
 def test_removing_a_barrier_is_a_race(dtype):
     graph = _graph(dtype)
     kernel, inputs, outputs = _check(graph, _template(dtype), **SMALL)
-    removed = []
-
-    def drop_first_barrier(stmt):
-        if isinstance(stmt, Barrier) and not removed:
-            removed.append(stmt)
-            return None
-        return stmt
-
-    broken = dataclasses.replace(kernel, body=rewrite_statements(kernel.body, drop_first_barrier))
-    assert removed
+    broken = without_first_barrier(kernel)
     with pytest.raises(RaceError, match=r"data race on [ab]_tile\d*\[\d+\] \(shared\)"):
         run_lockstep(broken, [*inputs, *outputs])
 

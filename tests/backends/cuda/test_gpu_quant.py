@@ -27,11 +27,11 @@ from backends.cuda.templates_gpu_mma import MmaTiles
 from backends.cuda.templates_gpu_quant import int8_gemm_template
 from backends.lowering.group import lower_group
 from ir import DType, Graph, GraphBuilder
-from ir.loop import Assign, Barrier, Call, For, RaceError, run_lockstep
+from ir.loop import Assign, Call, For, RaceError, run_lockstep
 from passes import make_pass
 from passes.quantize import Quantize
 from runtime.cuda_emulator import emulator_unavailable
-from tests.backends.cuda.kernels import requires_nvrtc, rewrite_statements
+from tests.backends.cuda.kernels import requires_nvrtc, rewrite_statements, without_first_barrier
 from tests.backends.cuda.test_nvrtc import LOCAL_BYTES_PER_THREAD, REGISTERS_PER_SM, SHARED_BYTES_PER_BLOCK
 
 SMALL = MmaTiles(32, 16, 32, 2, 2, stages=1)
@@ -170,16 +170,7 @@ def test_a_word_in_the_wrong_register_gives_a_wrong_product():
 
 def test_removing_the_barrier_after_staging_is_a_race():
     kernel, inputs, outputs = _check(_quantized(40, 24, 70, DType.u8, "tensor", epilogue=False))
-    removed = []
-
-    def drop_first_barrier(stmt):
-        if isinstance(stmt, Barrier) and not removed:
-            removed.append(stmt)
-            return None
-        return stmt
-
-    broken = dataclasses.replace(kernel, body=rewrite_statements(kernel.body, drop_first_barrier))
-    assert removed
+    broken = without_first_barrier(kernel)
     with pytest.raises(RaceError, match=r"data race on [ab]_words\d*\[\d+\] \(shared\)"):
         run_lockstep(broken, [*inputs, *outputs])
 

@@ -14,9 +14,9 @@ import ir
 from backends.cuda import launch_dims
 from backends.cuda.program import build_cuda_program, compile_for_arch, cubin, module_source, ptx, resources
 from ir import DType, GraphBuilder, KilnError
-from ir.loop import LoopKind, run_lockstep
+from ir.loop import LoopKind
 from passes import PassManager, parse_pipeline
-from tests.backends.cuda.kernels import requires_nvrtc
+from tests.backends.cuda.kernels import requires_nvrtc, run_program_in_lockstep
 
 
 def _fused(graph: ir.Graph) -> ir.Graph:
@@ -88,21 +88,9 @@ def test_the_scheduled_kernels_run_in_launch_order_match_the_interpreter():
     graph = _norm_graph()
     program, kernels = build_cuda_program(graph, arch="sm_90")
     x = np.random.default_rng(0).standard_normal((8, 40)).astype(np.float32)
-    arena = np.zeros(program.arena_bytes, np.uint8)
-    arrays = {}
-    for i, spec in enumerate(program.buffers):
-        if spec.kind == "intermediate":
-            arrays[i] = arena[spec.offset : spec.offset + spec.nbytes].view(spec.numpy_dtype)
-        elif spec.kind == "constant":
-            arrays[i] = program.constants[i].reshape(-1)
-        else:
-            arrays[i] = np.zeros(int(np.prod(spec.shape)), spec.numpy_dtype)
-    arrays[program.inputs[0]][:] = x.reshape(-1)
-    by_name = {k.name: k for k in kernels}
-    for launch in program.launches:
-        run_lockstep(by_name[launch.kernel], [arrays[i] for i in launch.args])
+    (got,) = run_program_in_lockstep(program, kernels, [x])
     (want,) = ir.run(graph, [x])
-    np.testing.assert_allclose(arrays[program.outputs[0]].reshape(want.shape), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-6)
 
 
 @requires_nvrtc

@@ -9,9 +9,8 @@ import numpy as np
 import ir
 from backends.cuda.program import build_cuda_program
 from ir import DType, GraphBuilder
-from ir.loop import run_lockstep
 from passes import PassManager, parse_pipeline
-from tests.backends.cuda.kernels import requires_nvrtc
+from tests.backends.cuda.kernels import requires_nvrtc, run_program_in_lockstep
 
 
 def _layers(count: int) -> ir.Graph:
@@ -38,18 +37,6 @@ def test_groups_with_the_same_body_share_one_kernel():
     assert len({launch.args for launch in program.launches}) == 6
 
     x = np.random.default_rng(1).standard_normal((6, 16)).astype(np.float32)
-    arena = np.zeros(program.arena_bytes, np.uint8)
-    arrays = {}
-    for i, spec in enumerate(program.buffers):
-        if spec.kind == "intermediate":
-            arrays[i] = arena[spec.offset : spec.offset + spec.nbytes].view(spec.numpy_dtype)
-        elif spec.kind == "constant":
-            arrays[i] = program.constants[i].reshape(-1)
-        else:
-            arrays[i] = np.zeros(int(np.prod(spec.shape)), spec.numpy_dtype)
-    arrays[program.inputs[0]][:] = x.reshape(-1)
-    by_name = {k.name: k for k in kernels}
-    for launch in program.launches:
-        run_lockstep(by_name[launch.kernel], [arrays[i] for i in launch.args])
+    (got,) = run_program_in_lockstep(program, kernels, [x])
     (want,) = ir.run(graph, [x])
-    np.testing.assert_allclose(arrays[program.outputs[0]].reshape(want.shape), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-6)
