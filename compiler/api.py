@@ -284,11 +284,15 @@ def with_example_inputs(steps: list[Pass], imported: ImportedModel, example_inpu
     lower_precision's range check and error report)."""
     arrays = check_inputs(imported.graph, imported.flatten_inputs(tuple(example_inputs), {}))
     return [
-        dataclasses.replace(step, example_inputs=(arrays,))
-        if "example_inputs" in {f.name for f in dataclasses.fields(step)}
-        else step
+        dataclasses.replace(step, example_inputs=(arrays,)) if _has_option(step, "example_inputs") else step
         for step in steps
     ]
+
+
+def _has_option(step: Pass, option: str) -> bool:
+    """Whether the pass `step` has the option (dataclass field) `option`: how a compile option finds
+    the passes it is for."""
+    return option in {f.name for f in dataclasses.fields(step)}
 
 
 def with_calibration(
@@ -313,7 +317,7 @@ def with_calibration(
         sets = tuple(
             check_inputs(imported.graph, imported.flatten_inputs(tuple(inputs), {})) for inputs in calibration.sets
         )
-    takes = ["calibration" in {f.name for f in dataclasses.fields(step)} for step in steps]
+    takes = [_has_option(step, "calibration") for step in steps]
     if sets is not None and not any(takes):
         raise ValueError("calibration= is for int8 precisions (precision='int8-static' takes its ranges from it)")
     return [
@@ -329,7 +333,7 @@ def with_float_kept(steps: list[Pass], keep_float: Sequence[str], keep_ends: boo
         keep_float = (keep_float,)
     ops = tuple(name for name in keep_float if name in ir.OPS)
     nodes = tuple(name for name in keep_float if name not in ir.OPS)
-    takes = ["keep_first_last" in {f.name for f in dataclasses.fields(step)} for step in steps]
+    takes = [_has_option(step, "keep_first_last") for step in steps]
     if (keep_float or not keep_ends) and not any(takes):
         raise ValueError("keep_float= and keep_ends= are for int8 precisions (precision='int8-...')")
     return [
