@@ -49,7 +49,7 @@ from passes.editing import map_nodes
 from passes.manager import Numerics, Pass, register_pass
 from passes.observers import check_observer, observe_ranges, random_input_sets
 from passes.prune_dead_nodes import PruneDeadNodes
-from passes.quantize_conv import CONV_QUANTIZERS, conv_kept_reason
+from passes.quantize_conv import CONV_QUANTIZERS, absolute_peak, conv_kept_reason
 from passes.quantize_ends import makes_outputs, reads_raw_input
 
 MODES = ("weight", "dynamic", "static")
@@ -300,15 +300,6 @@ def _weight_only(builder, graph, node, inputs, _range):
     attrs = {**node.attrs, "trans_b": False} if node.op == "gemm" else node.attrs
     rebuilt = builder.op(node.op, inputs[0], weight, *inputs[2:], source=node.source, **attrs)
     return "int8 weight per output channel, dequantized where read; f32 activations", rebuilt
-
-
-def absolute_peak(builder: GraphBuilder, x: Value, axes: tuple[int, ...]) -> Value:
-    """max |x| over `axes` (kept), as max(max(x), -min(x)): equal for every x (nan propagates through
-    both), but written so, the two reductions read x itself and fusion gives them and x's
-    quantization one kernel (an `abs` node of its own would join the producer's kernel and write |x|
-    to memory for the reduction to read back)."""
-    highest = builder.max(x, axes=axes, keepdims=True)
-    return builder.maximum(highest, builder.neg(builder.min(x, axes=axes, keepdims=True)))
 
 
 def _dynamic(builder, graph, node, inputs, _range):

@@ -99,10 +99,19 @@ def _weight_only(builder: GraphBuilder, graph: Graph, node: Node, inputs: list[V
     return "int8 weight per output channel, dequantized where read; f32 activations", rebuilt
 
 
+def absolute_peak(builder: GraphBuilder, x: Value, axes: tuple[int, ...]) -> Value:
+    """max |x| over `axes` (kept), as max(max(x), -min(x)): equal for every x (nan propagates through
+    both), but written so, the two reductions read x itself and fusion gives them and x's
+    quantization one kernel (an `abs` node of its own would join the producer's kernel and write |x|
+    to memory for the reduction to read back)."""
+    highest = builder.max(x, axes=axes, keepdims=True)
+    return builder.maximum(highest, builder.neg(builder.min(x, axes=axes, keepdims=True)))
+
+
 def _dynamic(builder: GraphBuilder, graph: Graph, node: Node, inputs: list[Value], _range) -> tuple[str, Value]:
     q, w_scale = quantize_conv_weight(conv_weight(graph, node))
     x = inputs[0]
-    peak = builder.max(builder.abs(x), axes=tuple(range(1, x.type.rank)), keepdims=True)
+    peak = absolute_peak(builder, x, tuple(range(1, x.type.rank)))
     x_scale = builder.div(peak, builder.constant(INT8_MAX, "int8_max"))
     qx = builder.quantize_linear(x, x_scale, builder.constant(np.int8(0), "zero_i8"))
     real = builder.mul(
