@@ -129,3 +129,60 @@ def test_cpu_kernels_equal_the_interpreter_bit_for_bit():
     for e, g in zip(expected, got):
         assert e.dtype == g.dtype
         np.testing.assert_array_equal(g, e)
+
+
+def test_conv_integer_equals_an_int64_convolution_with_padding_taps_reading_the_zero_point():
+    x = RNG.integers(0, 256, (2, 3, 7, 6)).astype(np.uint8)
+    w = RNG.integers(-128, 128, (4, 3, 3, 2)).astype(np.int8)
+    zx = np.uint8(131)
+    builder = GraphBuilder("c")
+    xv, wv, zv = (
+        builder.input("x", x.shape, DType.u8),
+        builder.input("w", w.shape, DType.i8),
+        builder.input("z", (), DType.u8),
+    )
+    graph = builder.build(builder.op("conv_integer", xv, wv, zv, strides=(2, 1), pads=(1, 0, 1, 1), dilations=(1, 2)))
+    assert str(ir.parse_graph(str(graph))) == str(graph)
+    (got,) = ir.run(graph, [x, w, np.array(zx)])
+    # padding taps read the zero point: pad x with it, then an exact f64 convolution of the centred values
+    padded = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (0, 1)), constant_values=int(zx)) - int(zx)
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(padded.astype(np.float64)),
+        torch.from_numpy(w.astype(np.float64)),
+        stride=(2, 1),
+        dilation=(1, 2),
+    ).numpy()
+    assert got.dtype == np.int32 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected.astype(np.int64))
+
+
+def test_unpack_bytes_is_pack_bytes_inverse_and_its_shape_rule_checks_the_panels():
+    from ir.ops.quantization import pack_bytes
+
+    matrix = RNG.integers(-128, 128, (10, 70)).astype(np.int8)  # K and N off the word and the panel
+    words = pack_bytes(matrix, 64)
+    assert words.shape == (2, 3, 64) and words.dtype == np.int32
+    unpacked = get_op("unpack_bytes").reference(words, dtype=DType.i8, shape=(10, 70))
+    np.testing.assert_array_equal(unpacked, matrix)
+    definition = get_op("unpack_bytes")
+    attrs = definition.normalize_attrs({"dtype": DType.i8, "shape": (10, 70)})
+    assert str(definition.infer_types((TensorType((2, 3, 64), DType.i32),), attrs)[0]) == "i8[10,70]"
+    with pytest.raises(ShapeError, match="do not hold a"):
+        definition.infer_types((TensorType((2, 2, 64), DType.i32),), attrs)
+
+
+def test_a_matmul_of_packed_panels_equals_the_plain_matmul():
+    from ir.ops.contraction import pack_panels
+
+    a, b = RNG.standard_normal((5, 12)).astype(np.float32), RNG.standard_normal((12, 70)).astype(np.float32)
+    builder = GraphBuilder("p")
+    av, bv = builder.input("a", a.shape, DType.f32), builder.input("b", (2, 12, 64), DType.f32)
+    graph = builder.build(builder.op("matmul", av, bv, packed_columns=70))
+    assert str(ir.parse_graph(str(graph))) == str(graph)
+    (got,) = ir.run(graph, [a, pack_panels(b, 64)])
+    np.testing.assert_array_equal(got, ir.run(_plain_matmul(a.shape, b.shape), [a, b])[0])
+
+
+def _plain_matmul(a_shape, b_shape):
+    builder = GraphBuilder("m")
+    return builder.build(builder.matmul(builder.input("a", a_shape, DType.f32), builder.input("b", b_shape, DType.f32)))
